@@ -1,0 +1,15 @@
+"""JSON-RPC 2.0 without a transport: codec, registry, session, outbound queue, discovery."""
+
+from gateway.jsonrpc.outbound import Outbound, OutboundClosed
+from gateway.jsonrpc.registry import Final, MethodSpec, Registry
+from gateway.jsonrpc.session import RpcSession, SessionLimits
+
+__all__ = [
+    "Final",
+    "MethodSpec",
+    "Outbound",
+    "OutboundClosed",
+    "Registry",
+    "RpcSession",
+    "SessionLimits",
+]

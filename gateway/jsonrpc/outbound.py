@@ -1,0 +1,133 @@
+"""A connection's bounded outbound queue, merging the deltas of a lagging stream.
+
+Frames wait here until the transport writes them. A stream's delta is added
+to that stream's frame still waiting in the queue, if there is one, instead
+of becoming a frame of its own: a fast reader gets one frame per delta, a
+lagging reader gets fewer, larger frames. ``seq`` is assigned when a frame
+leaves the queue, so it counts frames and stays contiguous whatever merging
+happened. Producers wait while the queue holds more than ``max_bytes``, which
+bounds memory whatever the reader does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import orjson
+
+__all__ = ["DeltaStream", "Outbound", "OutboundClosed"]
+
+
+class OutboundClosed(Exception):
+    """The connection is gone; nothing more can be queued."""
+
+
+class DeltaStream:
+    """The per-request state of one stream: its id (encoded) and next ``seq``."""
+
+    __slots__ = ("id_json", "pending", "seq")
+
+    def __init__(self, id_json: bytes) -> None:
+        self.id_json = id_json
+        self.seq = 0
+        self.pending: _Delta | None = None
+
+
+class _Delta:
+    __slots__ = ("parts", "size", "stream")
+
+    def __init__(self, stream: DeltaStream, text: str) -> None:
+        self.stream = stream
+        self.parts = [text]
+        self.size = 64 + len(text)
+
+    def encode(self) -> bytes:
+        stream = self.stream
+        stream.pending = None
+        seq = stream.seq
+        stream.seq += 1
+        text = self.parts[0] if len(self.parts) == 1 else "".join(self.parts)
+        return b"".join(
+            (
+                b'{"jsonrpc":"2.0","method":"stream.delta","params":{"id":',
+                stream.id_json,
+                b',"seq":',
+                str(seq).encode(),
+                b',"text":',
+                orjson.dumps(text),
+                b"}}",
+            )
+        )
+
+
+class Outbound:
+    """FIFO of frames (bytes) and mergeable deltas, bounded by the bytes it holds."""
+
+    def __init__(self, *, max_bytes: int = 1024 * 1024) -> None:
+        self._items: deque[bytes | _Delta] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._closed = False
+        self.merged = 0
+        """Deltas folded into a frame already queued (a measure of reader lag)."""
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    async def _wait_for_room(self) -> None:
+        while self._bytes > self._max_bytes and not self._closed:
+            self._writable.clear()
+            await self._writable.wait()
+        if self._closed:
+            raise OutboundClosed
+
+    async def put(self, frame: bytes) -> None:
+        await self._wait_for_room()
+        self._items.append(frame)
+        self._bytes += len(frame)
+        self._readable.set()
+
+    async def put_delta(self, stream: DeltaStream, text: str) -> None:
+        await self._wait_for_room()
+        pending = stream.pending
+        if pending is not None:
+            pending.parts.append(text)
+            pending.size += len(text)
+            self._bytes += len(text)
+            self.merged += 1
+        else:
+            pending = stream.pending = _Delta(stream, text)
+            self._items.append(pending)
+            self._bytes += pending.size
+        self._readable.set()
+
+    async def get(self) -> bytes:
+        """The next frame to write; raises :class:`OutboundClosed` once closed."""
+        while not self._items:
+            if self._closed:
+                raise OutboundClosed
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._items.popleft()
+        if isinstance(item, bytes):
+            frame = item
+            self._bytes -= len(frame)
+        else:
+            frame = item.encode()
+            self._bytes -= item.size
+        if self._bytes <= self._max_bytes:
+            self._writable.set()
+        return frame
+
+    def close(self) -> None:
+        """Wake everyone: producers and the writer get :class:`OutboundClosed`."""
+        self._closed = True
+        self._items.clear()
+        self._bytes = 0
+        self._readable.set()
+        self._writable.set()

@@ -1,0 +1,367 @@
+"""One connection's JSON-RPC session: requests in, frames out, with no transport.
+
+The session owns what a connection has in flight: it parses frames, checks
+and binds each call, runs it as its own task (so a long stream never blocks
+another call on the same socket), answers through the bounded
+:class:`~gateway.jsonrpc.outbound.Outbound`, and cancels calls on
+``rpc.cancel`` or when the connection closes. Exceptions become wire errors
+in exactly one place, :meth:`RpcSession._execute`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import (
+    Cancelled,
+    GatewayError,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    LimitExceeded,
+    MethodNotFound,
+)
+from gateway.jsonrpc.codec import decode, encode
+from gateway.jsonrpc.outbound import DeltaStream, Outbound, OutboundClosed
+from gateway.jsonrpc.registry import Final, MethodSpec, Registry
+
+__all__ = ["Authorize", "RpcSession", "SessionLimits"]
+
+log = logging.getLogger(__name__)
+
+Authorize = Callable[[MethodSpec], contextvars.Context]
+"""Admit a call (or raise a GatewayError) and give the context it runs in."""
+
+_NO_ID = object()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    # Limits
+    max_inflight: int = 32
+    """Calls (requests and notifications) running at once on one connection."""
+    max_batch: int = 100
+    """Items in one batch."""
+    # Flood control
+    rate: float = 50.0
+    """Sustained calls per second (token bucket refill rate)."""
+    burst: int = 100
+    """Calls allowed at once above the sustained rate."""
+    flood_limit: int = 200
+    """Calls refused for rate in a row before ``on_abuse("flood")`` is called."""
+    garbage_limit: int = 50
+    """Frames in a row that are not JSON-RPC before ``on_abuse("garbage")`` is called."""
+
+
+@dataclass(slots=True)
+class _Call:
+    id: Any
+    spec: MethodSpec
+    notification: bool
+    task: asyncio.Task[Any] | None = None
+    cancel_requested: bool = False
+
+
+@dataclass(slots=True)
+class _Bucket:
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self) -> float:
+        """0 if a token was taken, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+def _id_key(id_: Any) -> tuple[str, Any]:
+    return (type(id_).__name__, id_)
+
+
+def _error(id_: Any, exc: GatewayError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": exc.to_error(), "id": id_}
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+class RpcSession:
+    """JSON-RPC 2.0 over any message transport: feed it text, drain ``outbound``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        outbound: Outbound,
+        *,
+        authorize: Authorize,
+        limits: SessionLimits = SessionLimits(),
+        on_abuse: Callable[[str], None] | None = None,
+    ) -> None:
+        self._registry = registry
+        self.outbound = outbound
+        self._authorize = authorize
+        self._limits = limits
+        self._on_abuse = on_abuse
+        self._garbage_in_a_row = 0
+        self._bucket = _Bucket(rate=limits.rate, burst=limits.burst, tokens=limits.burst)
+        self._refused_in_a_row = 0
+        self._inflight: dict[tuple[str, Any], _Call] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # Inbound
+
+    async def handle_text(self, text: str | bytes) -> None:
+        """Handle one inbound frame. Never raises for anything the client sent."""
+        try:
+            message = decode(text)
+        except GatewayError as exc:
+            self._garbage()
+            await self._send(_error(None, exc))
+            return
+        if isinstance(message, list):
+            if not message:
+                await self._send(_error(None, InvalidRequest("Invalid Request: empty batch")))
+            elif len(message) > self._limits.max_batch:
+                await self._send(
+                    _error(
+                        None,
+                        InvalidRequest(
+                            f"Invalid Request: batch over {self._limits.max_batch} items"
+                        ),
+                    )
+                )
+            else:
+                self._spawn(self._run_batch(message), contextvars.copy_context())
+            return
+        response = self._start(message, in_batch=False)
+        if isinstance(response, dict):
+            await self._send(response)
+
+    def _start(self, item: Any, *, in_batch: bool) -> dict[str, Any] | asyncio.Task[Any] | None:
+        """Validate and launch one call: an error response, the call's task, or None."""
+        id_ = item.get("id", _NO_ID) if isinstance(item, dict) else _NO_ID
+        is_notification = id_ is _NO_ID
+        reply_id = id_ if not is_notification and _valid_id(id_) else None
+        try:
+            method, params = self._validate(item)
+            if method == "rpc.cancel":
+                return self._cancel_from(params, id_)
+            spec = self._registry.get(method)
+            if spec is None:
+                raise MethodNotFound(f"Method not found: {method}")
+            self._admit()
+            context = self._authorize(spec)
+            bound = spec.bind(params)
+            most = self._limits.max_inflight
+            if len(self._tasks) >= most:
+                raise LimitExceeded(
+                    f"Too many calls in flight on this connection (max {most})",
+                    {"limit": "inflightPerConnection", "max": most},
+                )
+        except GatewayError as exc:
+            if isinstance(exc, InvalidRequest):
+                self._garbage()
+            elif is_notification:
+                return None
+            return _error(reply_id, exc)
+        self._garbage_in_a_row = 0
+        call = _Call(id=None if is_notification else id_, spec=spec, notification=is_notification)
+        if not is_notification:
+            key = _id_key(id_)
+            if key in self._inflight:
+                return _error(id_, InvalidRequest("Invalid Request: this id is already in flight"))
+            self._inflight[key] = call
+        runner = self._execute(call, bound.args, bound.kwargs)
+        if not in_batch:
+            runner = self._answer(runner)
+        call.task = self._spawn(runner, context)
+        return call.task
+
+    def _validate(self, item: Any) -> tuple[str, Any]:
+        if not isinstance(item, dict):
+            raise InvalidRequest("Invalid Request: expected an object")
+        if item.get("jsonrpc") != "2.0":
+            raise InvalidRequest('Invalid Request: "jsonrpc" must be "2.0"')
+        method = item.get("method")
+        if not isinstance(method, str):
+            raise InvalidRequest('Invalid Request: "method" must be a string')
+        if "id" in item and not _valid_id(item["id"]):
+            raise InvalidRequest('Invalid Request: "id" must be a string, number or null')
+        params = item.get("params")
+        if "params" in item and not isinstance(params, list | dict):
+            raise InvalidRequest('Invalid Request: "params" must be an array or an object')
+        extra = set(item) - {"jsonrpc", "method", "params", "id"}
+        if extra:
+            raise InvalidRequest(f"Invalid Request: unknown members {sorted(extra)}")
+        return method, params
+
+    def _garbage(self) -> None:
+        self._garbage_in_a_row += 1
+        if self._garbage_in_a_row >= self._limits.garbage_limit and self._on_abuse is not None:
+            self._on_abuse("garbage")
+
+    def _admit(self) -> None:
+        wait = self._bucket.take()
+        if not wait:
+            self._refused_in_a_row = 0
+            return
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row >= self._limits.flood_limit and self._on_abuse is not None:
+            self._on_abuse("flood")
+        raise LimitExceeded(
+            "Too many requests on this connection; slow down",
+            {"limit": "requestsPerSecond", "retryAfter": round(wait, 3)},
+        )
+
+    def _cancel_from(self, params: Any, id_: Any) -> dict[str, Any] | None:
+        target = params.get("id", _NO_ID) if isinstance(params, dict) else _NO_ID
+        if target is _NO_ID and isinstance(params, list) and len(params) == 1:
+            target = params[0]
+        if target is _NO_ID or not _valid_id(target):
+            if id_ is _NO_ID:
+                return None
+            return _error(id_, InvalidParams('rpc.cancel needs {"id": <request id>}'))
+        found = self.cancel(target)
+        if id_ is _NO_ID:
+            return None
+        return {"jsonrpc": "2.0", "result": {"cancelled": found}, "id": id_}
+
+    def cancel(self, id_: Any) -> bool:
+        """Cancel the in-flight request ``id_``; False if there is none."""
+        call = self._inflight.get(_id_key(id_))
+        if call is None or call.task is None or call.cancel_requested:
+            return False
+        call.cancel_requested = True
+        call.task.cancel()
+        return True
+
+    # Execution
+
+    def _spawn(self, coro: Any, context: contextvars.Context) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _answer(self, runner: Any) -> None:
+        response = await runner
+        if response is not None:
+            await self._send(response)
+
+    async def _run_batch(self, items: list[Any]) -> None:
+        started = [self._start(item, in_batch=True) for item in items]
+        responses = []
+        for entry in started:
+            if isinstance(entry, asyncio.Task):
+                try:
+                    entry = await entry
+                except asyncio.CancelledError:
+                    if self._closing:
+                        raise
+                    continue
+            if entry is not None:
+                responses.append(entry)
+        if responses:
+            await self._send(responses)
+
+    async def _execute(self, call: _Call, args: Any, kwargs: Any) -> dict[str, Any] | None:
+        """Run one call and build its response; the only exception->wire boundary."""
+        spec = call.spec
+        try:
+            if spec.streaming:
+                result = await self._stream(call, args, kwargs)
+            else:
+                result = await spec.fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            if self._closing or not call.cancel_requested:
+                raise
+            _uncancel()
+            response = _error(call.id, Cancelled())
+        except GatewayError as exc:
+            response = _error(call.id, exc)
+        except OutboundClosed:
+            return None
+        except Exception:
+            log.exception("method %s failed", spec.name)
+            response = _error(call.id, InternalError())
+        else:
+            response = {"jsonrpc": "2.0", "result": result, "id": call.id}
+        finally:
+            if not call.notification:
+                self._inflight.pop(_id_key(call.id), None)
+        return None if call.notification else response
+
+    async def _stream(self, call: _Call, args: Any, kwargs: Any) -> Any:
+        agen = call.spec.fn(*args, **kwargs)
+        stream = DeltaStream(encode(call.id))
+        final: Any = None
+        try:
+            try:
+                async for item in agen:
+                    if isinstance(item, Final):
+                        final = item.result
+                        break
+                    await self.outbound.put_delta(stream, item)
+            except asyncio.CancelledError:
+                if self._closing or not call.cancel_requested:
+                    raise
+                _uncancel()
+                # The generator may be parked at a yield: let it say how it ended.
+                if agen.ag_frame is not None:
+                    try:
+                        item = await agen.athrow(asyncio.CancelledError())
+                        if isinstance(item, Final):
+                            final = item.result
+                    except (StopAsyncIteration, asyncio.CancelledError):
+                        pass
+                if final is None:
+                    final = {"finishReason": "cancelled"}
+            if call.cancel_requested and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                _uncancel()
+        finally:
+            await agen.aclose()
+        return {"finishReason": "stop"} if final is None else final
+
+    async def _send(self, message: Any) -> None:
+        try:
+            await self.outbound.put(encode(message))
+        except OutboundClosed:
+            pass
+
+    # Lifecycle
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Cancel everything in flight and wait for it: no task outlives the connection."""
+        self._closing = True
+        self.outbound.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                log.error("call task did not stop within %.1fs of close: %r", timeout, task)
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()

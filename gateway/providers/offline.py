@@ -1,0 +1,63 @@
+"""A provider that needs no network and no key: deterministic text built from the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+from gateway.providers.base import ChatRequest, Chunk, ModelConfig
+
+__all__ = ["OfflineProvider", "compose_reply"]
+
+_OPENERS = (
+    "Here is what I make of it.",
+    "Let me think about that.",
+    "Good question.",
+    "Sure.",
+)
+_BODY = (
+    "I am the offline model of this gateway, so I answer without any network or key.",
+    "Every word you read was streamed to you as its own frame.",
+    "Switch models with chat.setModel, or stop me at any time with rpc.cancel.",
+    "A real provider would answer this properly; I can only reflect it back.",
+)
+
+
+def compose_reply(request: ChatRequest, *, model: str) -> str:
+    """The whole answer for ``request``: the same prompt always gives the same text."""
+    user_turns = [m.content for m in request.messages if m.role == "user"]
+    last = user_turns[-1] if user_turns else ""
+    digest = hashlib.sha256("\x00".join(m.content for m in request.messages).encode()).digest()
+    quoted = " ".join(last.split()[:40])
+    parts = [
+        _OPENERS[digest[0] % len(_OPENERS)],
+        f'You said: "{quoted}".' if quoted else "You said nothing at all.",
+        f"This conversation has {len(request.messages)} messages and I am {model}.",
+        _BODY[digest[1] % len(_BODY)],
+        _BODY[(digest[1] + 1) % len(_BODY)],
+    ]
+    return " ".join(parts)
+
+
+class OfflineProvider:
+    """Streams :func:`compose_reply` word by word, paced at ``tokens_per_second`` (0 = no delay)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self._config = config
+        self._delay = 1.0 / config.tokens_per_second if config.tokens_per_second > 0 else 0.0
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        words = compose_reply(request, model=self._config.name).split(" ")
+        limit = request.max_tokens or self._config.max_output_tokens
+        finish = "stop"
+        if len(words) > limit:
+            words, finish = words[:limit], "length"
+        for i, word in enumerate(words):
+            # Always yield to the loop, so a fast stream never starves pings or other users.
+            await asyncio.sleep(self._delay)
+            yield Chunk(text=word if i == 0 else " " + word)
+        yield Chunk(finish_reason=finish)
+
+    async def aclose(self) -> None:
+        return None

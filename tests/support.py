@@ -1,0 +1,133 @@
+"""Helpers shared by the tests: a real gateway on a free port, and a raw JSON-RPC client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from gateway.config import (
+    AuthConfig,
+    Config,
+    LimitsConfig,
+    ServerConfig,
+    SessionsConfig,
+)
+from gateway.server.app import Gateway
+
+__all__ = ["RawClient", "gateway_server", "raw_client"]
+
+TIMEOUT = 10.0
+
+
+def _split(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: overrides.pop(k) for k in list(overrides) if k in names}
+
+
+@contextlib.asynccontextmanager
+async def gateway_server(
+    *,
+    api_keys: Mapping[str, str] | None = None,
+    admins: set[str] | frozenset[str] = frozenset(),
+    jwt_secret: str | None = "test-secret",
+    config: Config | None = None,
+    gateway_kwargs: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Gateway]:
+    """Start a real gateway on 127.0.0.1 and a free port.
+
+    ``api_keys`` maps token -> user id. Other keyword arguments override
+    fields of the server, limits or sessions config, or of Config itself
+    (e.g. ``models=...``, ``default_model=...``).
+    """
+    base = config or Config()
+    server = dataclasses.replace(
+        base.server, host="127.0.0.1", port=0, **_split(ServerConfig, overrides)
+    )
+    limits = dataclasses.replace(base.limits, **_split(LimitsConfig, overrides))
+    sessions = dataclasses.replace(base.sessions, **_split(SessionsConfig, overrides))
+    auth = dataclasses.replace(
+        base.auth,
+        api_keys=dict(api_keys or {"tok-alice": "alice", "tok-bob": "bob"}),
+        admins=frozenset(admins),
+        jwt_secret=jwt_secret,
+    ) if config is None else base.auth
+    cfg = dataclasses.replace(
+        base, server=server, limits=limits, sessions=sessions, auth=auth, **overrides
+    )
+    gw = Gateway(cfg, **(gateway_kwargs or {}))
+    async with asyncio.timeout(TIMEOUT):
+        await gw.start()
+    try:
+        yield gw
+    finally:
+        async with asyncio.timeout(TIMEOUT):
+            await gw.stop()
+
+
+class RawClient:
+    """A thin JSON-RPC client over a plain websockets connection, for exact-frame tests."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._next_id = 0
+
+    async def send(self, message: Any) -> None:
+        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def recv(self, timeout: float = TIMEOUT) -> Any:
+        async with asyncio.timeout(timeout):
+            return json.loads(await self.ws.recv())
+
+    async def call(self, method: str, params: Any = None, *, id: Any = None) -> dict[str, Any]:
+        """Send a request and return its response, skipping notifications."""
+        if id is None:
+            self._next_id += 1
+            id = self._next_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
+        if params is not None:
+            message["params"] = params
+        await self.send(message)
+        while True:
+            frame = await self.recv()
+            if isinstance(frame, dict) and frame.get("id") == id and "method" not in frame:
+                return frame
+
+    async def stream(
+        self, method: str, params: Any = None, *, id: Any = None
+    ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+        """Call a streaming method: (joined text, delta params, final response)."""
+        if id is None:
+            self._next_id += 1
+            id = self._next_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
+        if params is not None:
+            message["params"] = params
+        await self.send(message)
+        deltas = []
+        while True:
+            frame = await self.recv()
+            if frame.get("method") == "stream.delta" and frame["params"]["id"] == id:
+                deltas.append(frame["params"])
+            elif frame.get("id") == id and "method" not in frame:
+                return "".join(d["text"] for d in deltas), deltas, frame
+
+
+@contextlib.asynccontextmanager
+async def raw_client(
+    gw: Gateway, token: str | None = "tok-alice", **kwargs: Any
+) -> AsyncIterator[RawClient]:
+    """A connected :class:`RawClient`, authenticated by header unless ``token`` is None."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with asyncio.timeout(TIMEOUT):
+        ws = await connect(gw.ws_url, additional_headers=headers, **kwargs)
+    try:
+        yield RawClient(ws)
+    finally:
+        await ws.close()
