@@ -73,6 +73,8 @@ class ServerConfig:
     """A connection must authenticate within this time or is closed with 4502."""
     send_timeout: float = 10.0
     """A frame that cannot be written for this long closes the connection with 4000."""
+    close_timeout: float = 5.0
+    """How long a closing handshake may take before the TCP connection is dropped."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     shutdown_grace: float = 5.0

@@ -5,8 +5,10 @@ to that stream's frame still waiting in the queue, if there is one, instead
 of becoming a frame of its own: a fast reader gets one frame per delta, a
 lagging reader gets fewer, larger frames. ``seq`` is assigned when a frame
 leaves the queue, so it counts frames and stays contiguous whatever merging
-happened. Producers wait while the queue holds more than ``max_bytes``, which
-bounds memory whatever the reader does.
+happened. A frame carries at most ``max_merge`` characters of merged text
+(a single larger delta still goes whole), so merging never makes a frame a
+client's websocket library would refuse. Producers wait while the queue
+holds more than ``max_bytes``, which bounds memory whatever the reader does.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ class _Delta:
 class Outbound:
     """FIFO of frames (bytes) and mergeable deltas, bounded by the bytes it holds."""
 
-    def __init__(self, *, max_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, *, max_bytes: int = 1024 * 1024, max_merge: int = 64 * 1024) -> None:
         self._items: deque[bytes | _Delta] = deque()
         self._bytes = 0
         self._max_bytes = max_bytes
+        self._max_merge = max_merge
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -95,7 +98,7 @@ class Outbound:
     async def put_delta(self, stream: DeltaStream, text: str) -> None:
         await self._wait_for_room()
         pending = stream.pending
-        if pending is not None:
+        if pending is not None and pending.size + len(text) <= self._max_merge:
             pending.parts.append(text)
             pending.size += len(text)
             self._bytes += len(text)

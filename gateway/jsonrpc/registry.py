@@ -54,7 +54,17 @@ class MethodSpec:
             raise InvalidParams(f"Invalid params for {self.name}: {exc}") from None
         for name, value in bound.arguments.items():
             hint = self.hints.get(name)
-            if hint is not None and not _matches(value, hint):
+            if hint is None:
+                continue
+            # ``*args: int`` / ``**kwargs: int`` annotate each item, not the tuple/dict.
+            kind = self.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                items = list(value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                items = list(value.values())
+            else:
+                items = [value]
+            if not all(_matches(item, hint) for item in items):
                 raise InvalidParams(
                     f"Invalid params for {self.name}: {name!r} must be {_describe(hint)}"
                 )

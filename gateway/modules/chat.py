@@ -278,6 +278,9 @@ class ChatModule(LLMModule):
                     raise
                 yield Final(await self._finish(user, stream, model, "error", exc.to_error()))
                 return
+            finally:
+                # Closes the upstream at once, whether we finished, failed or were cancelled.
+                await stream.aclose()
             yield Final(await self._finish(user, stream, model, None))
 
     async def _finish(

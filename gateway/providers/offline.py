@@ -28,16 +28,18 @@ def compose_reply(request: ChatRequest, *, model: str) -> str:
     """The whole answer for ``request``: the same prompt always gives the same text."""
     user_turns = [m.content for m in request.messages if m.role == "user"]
     last = user_turns[-1] if user_turns else ""
+    system = " ".join(m.content for m in request.messages if m.role == "system")
     digest = hashlib.sha256("\x00".join(m.content for m in request.messages).encode()).digest()
     quoted = " ".join(last.split()[:40])
     parts = [
         _OPENERS[digest[0] % len(_OPENERS)],
         f'You said: "{quoted}".' if quoted else "You said nothing at all.",
         f"This conversation has {len(request.messages)} messages and I am {model}.",
+        f'My instructions: "{" ".join(system.split()[:40])}".' if system else "",
         _BODY[digest[1] % len(_BODY)],
         _BODY[(digest[1] + 1) % len(_BODY)],
     ]
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
 
 
 class OfflineProvider:

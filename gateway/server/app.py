@@ -135,6 +135,7 @@ class Gateway:
             max_size=cfg.max_frame_bytes,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
+            close_timeout=cfg.close_timeout,
             compression="deflate" if cfg.compression else None,
             server_header=f"gateway/{gateway.__version__}",
         )

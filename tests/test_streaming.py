@@ -1,0 +1,193 @@
+"""Streaming over real sockets: cancel, disconnect, backpressure, keepalive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from gateway.jsonrpc import Final
+from gateway.modules.base import Module, exposed, register_module
+from gateway.server.app import Gateway
+from tests.support import gateway_server, raw_client
+
+
+class Firehose(Module):
+    """A test module streaming without end, as fast as the consumer lets it."""
+
+    namespace = "test"
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.closed = 0
+
+    @exposed("firehose")
+    async def firehose(self, size: int) -> AsyncIterator[str | Final]:
+        """Yield ``size``-character deltas until cancelled."""
+        self.running += 1
+        try:
+            while True:
+                await asyncio.sleep(0)
+                yield "x" * size
+        finally:
+            self.running -= 1
+            self.closed += 1
+
+
+def _call_tasks() -> set[asyncio.Task[object]]:
+    """Tasks running JSON-RPC calls (the session's call tasks and what they spawn)."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if "_execute" in repr(t.get_coro()) or "_answer" in repr(t.get_coro())
+    }
+
+
+async def _settle(gw: Gateway) -> None:
+    """Wait until no call task and no chat stream is left."""
+    async with asyncio.timeout(5):
+        while _call_tasks() or gw.chat._streams:
+            await asyncio.sleep(0.01)
+
+
+async def test_rpc_cancel_ends_a_stream_with_finish_reason_cancelled() -> None:
+    """rpc.cancel stops a stream at once; the final result says cancelled with partial usage."""
+    async with gateway_server() as gw, raw_client(gw) as client:
+        await client.send(
+            {"jsonrpc": "2.0", "id": "s1", "method": "chat.postChat", "params": ["hi"]}
+        )
+        first = await client.recv()
+        assert first["method"] == "stream.delta"
+        await client.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": "s1"}})
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        while True:
+            frame = await client.recv()
+            if frame.get("id") == "s1":
+                break
+        elapsed = loop.time() - sent
+        await _settle(gw)
+    result = frame["result"]
+    assert result["finishReason"] == "cancelled"
+    assert result["model"] == "offline"
+    assert result["usage"]["completionTokens"] >= 1
+    # the paced model would need over a second more to finish on its own
+    assert elapsed < 1.0
+
+
+async def test_cancelling_an_unknown_id_as_a_request_says_so() -> None:
+    """rpc.cancel sent as a request answers {"cancelled": false} for an unknown id."""
+    async with gateway_server() as gw, raw_client(gw) as client:
+        response = await client.call("rpc.cancel", {"id": "nope"})
+    assert response["result"] == {"cancelled": False}
+
+
+async def test_disconnect_mid_stream_leaves_no_task_behind() -> None:
+    """A client that goes away cancels its streams; no task or generator outlives it."""
+    firehose = Firehose()
+    async with gateway_server() as gw:
+        register_module(gw.registry, firehose)
+        baseline = _call_tasks()
+        async with raw_client(gw) as client:
+            for i in range(3):
+                await client.send(
+                    {"jsonrpc": "2.0", "id": i, "method": "test.firehose", "params": [10]}
+                )
+            await client.send(
+                {"jsonrpc": "2.0", "id": 9, "method": "chat.postChat", "params": ["x"]}
+            )
+            for _ in range(20):
+                await client.recv()
+            assert firehose.running == 3
+        await _settle(gw)
+        assert _call_tasks() <= baseline
+        assert firehose.running == 0 and firehose.closed == 3
+        assert not gw.chat._streams
+        assert not gw.connections
+
+
+async def test_a_reader_that_stops_reading_is_closed_as_slow_consumer_with_bounded_memory() -> None:
+    """A stuck reader gets 4000 after send_timeout; its queue never grows past the bound."""
+    firehose = Firehose()
+    bound = 64 * 1024
+    async with gateway_server(send_timeout=0.5, outbound_queue_bytes=bound) as gw:
+        register_module(gw.registry, firehose)
+        async with raw_client(gw, token="tok-bob") as bystander:
+            # max_queue=1 and a small read limit make the client stop reading from TCP.
+            headers = {"Authorization": "Bearer tok-alice"}
+            async with asyncio.timeout(10):
+                stuck = await connect(gw.ws_url, additional_headers=headers, max_queue=1)
+                await stuck.send(
+                    '{"jsonrpc":"2.0","id":1,"method":"test.firehose","params":[16384]}'
+                )
+                peak = 0
+                conn = next(c for c in gw.connections if c.user and c.user.id == "alice")
+                while conn.ws.state is State.OPEN:
+                    peak = max(peak, conn.outbound.queued_bytes)
+                    await asyncio.sleep(0.01)
+            # The server gave up on the reader: now read, and find the close frame at the end.
+            # The bound plus at most one frame in flight.
+            assert peak <= bound + 16384 + 64
+            with pytest.raises(ConnectionClosed) as info:
+                async with asyncio.timeout(10):
+                    while True:
+                        await stuck.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 4000
+            # everyone else is still served
+            response = await bystander.call("chat.getCurrentModel")
+            assert response["result"]["name"] == "offline"
+        await _settle(gw)
+        assert firehose.running == 0
+
+
+async def test_a_lagging_reader_gets_merged_deltas_with_contiguous_seq() -> None:
+    """When the reader lags, deltas merge into fewer, larger frames; seq has no gaps."""
+    firehose = Firehose()
+    size = 16384
+    async with gateway_server() as gw:
+        register_module(gw.registry, firehose)
+        headers = {"Authorization": "Bearer tok-alice"}
+        async with asyncio.timeout(20):
+            async with connect(gw.ws_url, additional_headers=headers, max_queue=1) as ws:
+                await ws.send(
+                    f'{{"jsonrpc":"2.0","id":1,"method":"test.firehose","params":[{size}]}}'
+                )
+                conn = next(iter(gw.connections))
+                while not conn.outbound.merged:  # lag until the socket buffers are full
+                    await asyncio.sleep(0.05)
+                seqs, biggest = [], 0
+                while biggest <= size and len(seqs) < 100_000:
+                    params = json.loads(await ws.recv())["params"]
+                    seqs.append(params["seq"])
+                    biggest = max(biggest, len(params["text"]))
+                    assert set(params["text"]) == {"x"} and len(params["text"]) % size == 0
+                await ws.send('{"jsonrpc":"2.0","method":"rpc.cancel","params":{"id":1}}')
+    assert seqs == list(range(len(seqs)))
+    assert biggest > size  # a frame carried several deltas
+
+
+async def test_keepalive_pings_are_answered_during_a_long_fast_stream() -> None:
+    """A firehose stream does not starve pings: both sides keep the connection alive."""
+    firehose = Firehose()
+    async with gateway_server(ping_interval=0.1, ping_timeout=0.5) as gw:
+        register_module(gw.registry, firehose)
+        headers = {"Authorization": "Bearer tok-alice"}
+        async with asyncio.timeout(10):
+            async with connect(
+                gw.ws_url, additional_headers=headers, ping_interval=0.1, ping_timeout=0.5
+            ) as ws:
+                await ws.send('{"jsonrpc":"2.0","id":1,"method":"test.firehose","params":[100]}')
+                loop = asyncio.get_running_loop()
+                end = loop.time() + 2.0
+                frames = 0
+                while loop.time() < end:
+                    await ws.recv()
+                    frames += 1
+                latency = await ws.ping()
+                await asyncio.wait_for(latency, 2)
+    assert frames > 100
