@@ -71,7 +71,7 @@ class MemorySessionStore:
         )
 
     async def sessions(self, limit: int) -> list[SessionData]:
-        out = []
+        out: list[SessionData] = []
         for session in reversed(self._sessions.values()):
             if len(out) >= limit:
                 break
