@@ -12,7 +12,6 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.config import (
-    AuthConfig,
     Config,
     LimitsConfig,
     ServerConfig,
@@ -52,12 +51,16 @@ async def gateway_server(
     )
     limits = dataclasses.replace(base.limits, **_split(LimitsConfig, overrides))
     sessions = dataclasses.replace(base.sessions, **_split(SessionsConfig, overrides))
-    auth = dataclasses.replace(
-        base.auth,
-        api_keys=dict(api_keys or {"tok-alice": "alice", "tok-bob": "bob"}),
-        admins=frozenset(admins),
-        jwt_secret=jwt_secret,
-    ) if config is None else base.auth
+    auth = (
+        dataclasses.replace(
+            base.auth,
+            api_keys=dict(api_keys or {"tok-alice": "alice", "tok-bob": "bob"}),
+            admins=frozenset(admins),
+            jwt_secret=jwt_secret,
+        )
+        if config is None
+        else base.auth
+    )
     cfg = dataclasses.replace(
         base, server=server, limits=limits, sessions=sessions, auth=auth, **overrides
     )

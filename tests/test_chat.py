@@ -74,7 +74,7 @@ async def test_post_chat_with_params_applies_system_prompt_and_max_tokens() -> N
             {"message": "hi", "params": {"systemPrompt": "Be a pirate.", "temperature": 0.5}},
         )
         assert 'My instructions: "Be a pirate."' in text
-        short, deltas, final = await client.stream(
+        short, _, final = await client.stream(
             "chat.postChatWithParams", {"message": "hi", "params": {"maxTokens": 3}}
         )
     assert len(short.split()) == 3
