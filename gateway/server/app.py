@@ -16,6 +16,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 import gateway
 from gateway.auth.tokens import Authenticator, Identity, mint_token
 from gateway.config import Config
+from gateway.errors import LimitExceeded
 from gateway.jsonrpc import Registry, SessionLimits
 from gateway.jsonrpc.openrpc import discover
 from gateway.modules.base import register_module
@@ -117,9 +118,8 @@ class Gateway:
             if identity is not None:
                 try:
                     conn.login(identity)
-                except Exception:
-                    # login() scheduled the close with its code; let it run.
-                    await ws.wait_closed()
+                except LimitExceeded as exc:
+                    await ws.close(CloseCode.CONNECTION_LIMIT, exc.message[:120])
                     return
             await conn.serve()
         finally:

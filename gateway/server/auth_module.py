@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.auth.tokens import Authenticator, Identity
-from gateway.errors import TokenExpired, Unauthenticated
+from gateway.errors import LimitExceeded, TokenExpired, Unauthenticated
 from gateway.modules.base import Module, exposed
 from gateway.server.closecodes import CloseCode
 from gateway.server.connection import Connection, current_connection
@@ -40,7 +40,11 @@ class AuthModule(Module):
         if conn.identity is not None:
             return await self.refresh(token)
         identity = self._check(conn, token)
-        conn.login(identity)
+        try:
+            conn.login(identity)
+        except LimitExceeded:
+            conn.close_soon(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
+            raise
         return _describe(identity)
 
     @exposed("refresh")

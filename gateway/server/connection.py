@@ -80,7 +80,6 @@ class Connection:
             return
         most = self.gateway.config.limits.connections_per_user
         if counts[identity.user.id] >= most:
-            self.close_soon(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
             raise LimitExceeded(
                 f"You already have {most} connections open",
                 {"limit": "connectionsPerUser", "max": most},
