@@ -1,6 +1,6 @@
-"""The websockets shell around the JSON-RPC session. Knows no chat."""
+"""The websockets shell around the JSON-RPC session. Knows no chat.
 
-from gateway.server.app import Gateway
-from gateway.server.closecodes import CloseCode
-
-__all__ = ["CloseCode", "Gateway"]
+Import what you need from the submodules (``gateway.server.app.Gateway``,
+``gateway.server.closecodes.CloseCode``); this package imports nothing, so a
+client can use the close codes without loading the server.
+"""
