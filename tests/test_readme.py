@@ -34,3 +34,19 @@ async def test_the_ten_line_bot_streams_an_answer() -> None:
     text = out.decode()
     assert 'You said: "Hello!"' in text
     assert "totalTokens" in text
+
+
+async def test_the_python_client_example_streams_an_answer() -> None:
+    """The README's gateway.client example prints a streamed answer and its usage."""
+    code = _python_block("## Python client")
+    assert len(code.strip().splitlines()) <= 14
+    async with gateway_server(api_keys={"key-1": "alice"}) as gw:
+        code = code.replace("ws://127.0.0.1:8765/ws", gw.ws_url)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert 'You said: "Hello!"' in out.decode()
+    assert "totalTokens" in out.decode()
