@@ -1,9 +1,10 @@
 """JSON in and out of frames: orjson on the hot path, exactness where orjson falls short.
 
 orjson turns integers beyond 64 bits into floats and refuses to encode them,
-but JSON-RPC ids must be echoed exactly. A frame whose request ids came out
-as floats is therefore decoded again with the stdlib (which keeps big
-integers), and anything orjson cannot encode is encoded by the stdlib.
+but JSON-RPC ids must be echoed exactly. A frame whose request ids (or the id
+an ``rpc.cancel`` names) came out as floats is therefore decoded again with
+the stdlib (which keeps big integers), and anything orjson cannot encode is
+encoded by the stdlib.
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ from gateway.errors import ParseError
 __all__ = ["decode", "encode"]
 
 
-def _has_float_id(obj: Any) -> bool:
-    if isinstance(obj, dict):
-        return isinstance(obj.get("id"), float)
-    if isinstance(obj, list):
-        return any(isinstance(item, dict) and isinstance(item.get("id"), float) for item in obj)
+def _item_has_float_id(item: Any) -> bool:
+    if not isinstance(item, dict):
+        return False
+    if isinstance(item.get("id"), float):
+        return True
+    # rpc.cancel names a request id in its params: it must match that id exactly.
+    if item.get("method") == "rpc.cancel":
+        params = item.get("params")
+        if isinstance(params, dict):
+            return isinstance(params.get("id"), float)
+        if isinstance(params, list):
+            return any(isinstance(p, float) for p in params)
     return False
+
+
+def _has_float_id(obj: Any) -> bool:
+    if isinstance(obj, list):
+        return any(_item_has_float_id(item) for item in obj)
+    return _item_has_float_id(obj)
 
 
 def decode(text: str | bytes) -> Any:

@@ -46,7 +46,9 @@ class _Delta:
 
     def encode(self) -> bytes:
         stream = self.stream
-        stream.pending = None
+        # After a max_merge cut a newer frame of this stream may be the pending one.
+        if stream.pending is self:
+            stream.pending = None
         seq = stream.seq
         stream.seq += 1
         text = self.parts[0] if len(self.parts) == 1 else "".join(self.parts)

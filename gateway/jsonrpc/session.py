@@ -45,7 +45,11 @@ _NO_ID = object()
 class SessionLimits:
     # Limits
     max_inflight: int = 32
-    """Calls (requests and notifications) running at once on one connection."""
+    """Calls (requests and notifications) running at once on one connection.
+
+    A batch counts as one call (``max_batch`` bounds its items, the rate limit
+    its calls): counting its items would refuse part of any batch larger than
+    this, although ``max_batch`` allows it."""
     max_batch: int = 100
     """Items in one batch."""
     # Flood control
@@ -66,6 +70,7 @@ class _Call:
     notification: bool
     task: asyncio.Task[Any] | None = None
     cancel_requested: bool = False
+    started: bool = False
 
 
 @dataclass(slots=True)
@@ -144,6 +149,8 @@ class RpcSession:
                         ),
                     )
                 )
+            elif len(self._tasks) >= self._limits.max_inflight:
+                await self._send(_error(None, self._too_many_inflight()))
             else:
                 self._spawn(self._run_batch(message), contextvars.copy_context())
             return
@@ -166,12 +173,8 @@ class RpcSession:
             self._admit()
             context = self._authorize(spec)
             bound = spec.bind(params)
-            most = self._limits.max_inflight
-            if len(self._tasks) >= most:
-                raise LimitExceeded(
-                    f"Too many calls in flight on this connection (max {most})",
-                    {"limit": "inflightPerConnection", "max": most},
-                )
+            if not in_batch and len(self._tasks) >= self._limits.max_inflight:
+                raise self._too_many_inflight()
         except GatewayError as exc:
             if isinstance(exc, InvalidRequest):
                 self._garbage()
@@ -185,9 +188,12 @@ class RpcSession:
             if key in self._inflight:
                 return _error(id_, InvalidRequest("Invalid Request: this id is already in flight"))
             self._inflight[key] = call
-        runner = self._execute(call, bound.args, bound.kwargs)
-        if not in_batch:
-            runner = self._answer(runner)
+        # One coroutine per task: a task cancelled before it starts leaves no inner
+        # coroutine behind un-awaited.
+        if in_batch:
+            runner = self._execute(call, bound.args, bound.kwargs)
+        else:
+            runner = self._answer(call, bound.args, bound.kwargs)
         call.task = self._spawn(runner, context)
         return call.task
 
@@ -208,6 +214,13 @@ class RpcSession:
         if extra:
             raise InvalidRequest(f"Invalid Request: unknown members {sorted(extra)}")
         return method, params
+
+    def _too_many_inflight(self) -> LimitExceeded:
+        most = self._limits.max_inflight
+        return LimitExceeded(
+            f"Too many calls in flight on this connection (max {most})",
+            {"limit": "inflightPerConnection", "max": most},
+        )
 
     def _garbage(self) -> None:
         self._garbage_in_a_row += 1
@@ -246,7 +259,10 @@ class RpcSession:
         if call is None or call.task is None or call.cancel_requested:
             return False
         call.cancel_requested = True
-        call.task.cancel()
+        # A task cancelled before its first step never runs a line of _execute (no
+        # response, no cleanup): one that has not started sees the flag when it does.
+        if call.started:
+            call.task.cancel()
         return True
 
     # Execution
@@ -257,8 +273,8 @@ class RpcSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _answer(self, runner: Any) -> None:
-        response = await runner
+    async def _answer(self, call: _Call, args: Any, kwargs: Any) -> None:
+        response = await self._execute(call, args, kwargs)
         if response is not None:
             await self._send(response)
 
@@ -281,8 +297,13 @@ class RpcSession:
     async def _execute(self, call: _Call, args: Any, kwargs: Any) -> dict[str, Any] | None:
         """Run one call and build its response; the only exception->wire boundary."""
         spec = call.spec
+        call.started = True
         try:
-            if spec.streaming:
+            if call.cancel_requested:
+                if not spec.streaming:
+                    raise Cancelled()
+                result = {"finishReason": "cancelled"}
+            elif spec.streaming:
                 result = await self._stream(call, args, kwargs)
             else:
                 result = await spec.fn(*args, **kwargs)

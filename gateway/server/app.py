@@ -26,6 +26,7 @@ from gateway.server.auth_module import AuthModule
 from gateway.server.closecodes import CloseCode
 from gateway.server.connection import Connection
 from gateway.server.http import WS_PATH, HttpRoutes
+from gateway.server.redact import RedactingLogger
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.store import SessionStore
 
@@ -138,6 +139,7 @@ class Gateway:
             close_timeout=cfg.close_timeout,
             compression="deflate" if cfg.compression else None,
             server_header=f"gateway/{gateway.__version__}",
+            logger=RedactingLogger(logging.getLogger("websockets.server")),
         )
         sessions = self.config.sessions
         self._background.append(

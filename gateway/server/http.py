@@ -97,8 +97,14 @@ class HttpRoutes:
 
     def _static(self, path: str) -> Response:
         relative = unquote(path).lstrip("/") or "index.html"
-        target = (self._web_root / relative).resolve()
-        if not target.is_relative_to(self._web_root) or not target.is_file():
+        target = self._web_root / relative
+        try:
+            target = target.resolve()
+            found = target.is_relative_to(self._web_root) and target.is_file()
+        except (OSError, ValueError):
+            # A NUL byte (ValueError) or a name too long (OSError) names no file we serve.
+            found = False
+        if not found:
             return _json(HTTPStatus.NOT_FOUND, {"error": "not found"})
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):

@@ -1,0 +1,332 @@
+"""Hostile input over real sockets: bad frames, floods, abuse, handshakes and HTTP paths.
+
+Every test opens a well-behaved connection first (the bystander) and checks
+afterwards that it still gets answers: whatever one client does, the server
+keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway.server.app import Gateway
+from tests.support import RawClient, gateway_server, raw_client
+
+TIMEOUT = 10.0
+
+
+@contextlib.asynccontextmanager
+async def hostile_setting(**overrides: Any) -> AsyncIterator[Gateway]:
+    """A gateway, and a bystander connected before the test that must still be served after."""
+    async with gateway_server(**overrides) as gw, raw_client(gw, "tok-bob") as bystander:
+        assert (await bystander.call("auth.whoami"))["result"]["user"]["id"] == "bob"
+        yield gw
+        assert (await bystander.call("chat.getCurrentModel"))["result"]["name"] == "offline"
+        async with raw_client(gw, "tok-bob") as newcomer:
+            assert (await newcomer.call("auth.whoami"))["result"]["user"]["id"] == "bob"
+
+
+async def until_closed(client: RawClient) -> tuple[list[Any], int | None]:
+    """Every frame the server still sends, and the close code it ends with."""
+    frames = []
+    async with asyncio.timeout(TIMEOUT):
+        try:
+            while True:
+                frames.append(json.loads(await client.ws.recv()))
+        except ConnectionClosed:
+            pass
+    return frames, client.ws.close_code
+
+
+async def send_all(client: RawClient, messages: list[Any]) -> None:
+    """Send without waiting for answers; the server may close the socket part-way."""
+    with contextlib.suppress(ConnectionClosed):
+        for message in messages:
+            await client.send(message)
+
+
+async def http_get(gw: Gateway, target: str, headers: str = "") -> tuple[int, bytes]:
+    """A raw HTTP/1.1 GET (no client-side path normalisation): status code and body."""
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(
+                f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n{headers}"
+                "Connection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, body
+
+
+def calls(count: int, method: str = "chat.getCurrentModel") -> list[dict[str, Any]]:
+    return [{"jsonrpc": "2.0", "method": method, "id": i} for i in range(count)]
+
+
+# Frames the gateway refuses
+
+
+async def test_binary_frame_closes_with_1003() -> None:
+    """A binary frame closes that connection with 1003."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await attacker.ws.send(b'{"jsonrpc": "2.0", "method": "auth.whoami", "id": 1}')
+        _, code = await until_closed(attacker)
+        assert code == 1003
+
+
+async def test_invalid_utf8_text_frame_closes_with_1007() -> None:
+    """A text frame that is not UTF-8 closes that connection with 1007."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await attacker.ws.send(b'{"jsonrpc": "2.0", "method": "\xff\xfe", "id": 1}', text=True)
+        _, code = await until_closed(attacker)
+        assert code == 1007
+
+
+async def test_frame_over_max_frame_bytes_closes_with_1009() -> None:
+    """A frame larger than ``max_frame_bytes`` closes with 1009; one just under is served."""
+    async with hostile_setting(max_frame_bytes=4096) as gw, raw_client(gw) as attacker:
+        padding = "x" * (4096 - 200)
+        response = await attacker.call("chat.setModel", [padding])
+        assert response["error"]["code"] == -32602
+        await attacker.send("x" * 5000)
+        _, code = await until_closed(attacker)
+        assert code == 1009
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,
+        '{"a":' * 50_000,
+        '{"jsonrpc": "2.0", "method": "chat.setModel", "id": 1, "params": '
+        + "[" * 5000
+        + "]" * 5000
+        + "}",
+        '{"jsonrpc": "2.0", "method": "chat.setModel", "id": 1.5, "params": [['
+        + "[" * 1000
+        + "]" * 1000
+        + "]]}",
+    ],
+    ids=["brackets", "objects", "nested-params", "nested-with-float-id"],
+)
+async def test_deeply_nested_json_is_a_parse_error_and_the_connection_survives(text: str) -> None:
+    """JSON nested beyond the parser's depth is -32700; the same socket keeps working."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await attacker.send(text)
+        response = await attacker.recv()
+        assert response["error"]["code"] == -32700
+        assert response["id"] is None
+        assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
+# Floods and abuse
+
+
+FLOOD = {"requests_per_second": 5, "request_burst": 5, "flood_close_after": 20}
+
+
+async def test_calls_beyond_the_rate_get_32004_with_retry_after() -> None:
+    """Past the burst, calls get -32004 requestsPerSecond with data.retryAfter; waiting helps."""
+    async with hostile_setting(**FLOOD) as gw, raw_client(gw) as attacker:
+        await send_all(attacker, calls(12))
+        responses = [await attacker.recv() for _ in range(12)]
+        refused = [r for r in responses if "error" in r]
+        assert 5 <= len(responses) - len(refused) <= 7
+        assert len(refused) >= 5
+        for response in refused:
+            assert response["error"]["code"] == -32004
+            assert response["error"]["data"]["limit"] == "requestsPerSecond"
+            assert 0 < response["error"]["data"]["retryAfter"] <= 1
+        await asyncio.sleep(max(r["error"]["data"]["retryAfter"] for r in refused))
+        assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
+async def test_sustained_flood_closes_with_4001() -> None:
+    """A client that keeps calling after -32004 is closed with 4001 (may reconnect later)."""
+    async with hostile_setting(**FLOOD) as gw, raw_client(gw) as attacker:
+        await send_all(attacker, calls(60))
+        frames, code = await until_closed(attacker)
+        assert code == 4001
+        refused = [f for f in frames if f.get("error", {}).get("code") == -32004]
+        assert len(refused) >= FLOOD["flood_close_after"]
+
+
+async def test_garbage_frames_in_a_row_close_with_4504() -> None:
+    """A client sending frames that are not JSON-RPC over and over is closed with 4504."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await send_all(attacker, ["garbage", "[1]", '{"jsonrpc": "1.0"}', "{"] * 20)
+        frames, code = await until_closed(attacker)
+        assert code == 4504
+        assert frames
+        errors = [f for f in frames if isinstance(f, dict)]
+        assert {e["error"]["code"] for e in errors} <= {-32700, -32600}
+
+
+async def test_occasional_garbage_between_valid_calls_is_tolerated() -> None:
+    """Invalid frames interleaved with valid calls are answered with errors, never a close."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        for _ in range(60):
+            await attacker.send("garbage")
+            assert (await attacker.recv())["error"]["code"] == -32700
+            assert "result" in await attacker.call("auth.whoami")
+
+
+async def test_too_many_calls_in_flight_get_32004() -> None:
+    """Beyond ``inflight_per_connection`` running calls, another call is -32004."""
+    async with hostile_setting(inflight_per_connection=2) as gw, raw_client(gw) as attacker:
+        for id_ in ("a", "b"):
+            await attacker.send(
+                {"jsonrpc": "2.0", "method": "chat.postChat", "params": ["long"], "id": id_}
+            )
+        response = await attacker.call("auth.whoami", id="over")
+        assert response["error"]["code"] == -32004
+        assert response["error"]["data"]["limit"] == "inflightPerConnection"
+        for id_ in ("a", "b"):
+            await attacker.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": [id_]})
+        pending = {"a", "b"}
+        async with asyncio.timeout(TIMEOUT):
+            while pending:
+                frame = await attacker.recv()
+                if frame.get("id") in pending and "result" in frame:
+                    pending.discard(frame["id"])
+        assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
+async def test_batch_over_max_batch_is_invalid_request() -> None:
+    """A batch longer than ``max_batch`` is one -32600; a batch at the limit is served."""
+    async with hostile_setting(max_batch=3) as gw, raw_client(gw) as attacker:
+        await attacker.send(calls(4, "auth.whoami"))
+        response = await attacker.recv()
+        assert isinstance(response, dict)
+        assert response["error"]["code"] == -32600
+        await attacker.send(calls(3, "auth.whoami"))
+        assert len(await attacker.recv()) == 3
+
+
+async def test_a_batch_of_max_batch_items_is_served_in_full() -> None:
+    """A batch as large as ``max_batch`` (above ``inflight_per_connection``) is fully answered."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await attacker.send(calls(100, "auth.whoami"))
+        responses = await attacker.recv()
+        assert len(responses) == 100
+        assert all("result" in r for r in responses)
+
+
+async def test_connections_beyond_max_connections_close_with_1013() -> None:
+    """At ``max_connections`` a further socket is closed with 1013 (try again later)."""
+    async with hostile_setting(max_connections=2) as gw, raw_client(gw) as attacker:
+        await attacker.call("auth.whoami")
+        async with raw_client(gw, "tok-alice") as extra:
+            _, code = await until_closed(extra)
+            assert code == 1013
+
+
+# Handshakes
+
+
+async def test_foreign_origin_is_refused_with_403_and_same_origin_accepted() -> None:
+    """A browser handshake from another origin gets HTTP 403; the page's own origin is let in."""
+    async with hostile_setting() as gw:
+        for origin in ("http://evil.example", "null", f"http://127.0.0.1:{gw.port + 1}"):
+            with pytest.raises(InvalidStatus) as info:
+                async with raw_client(gw, origin=origin):
+                    pass
+            assert info.value.response.status_code == 403
+        async with raw_client(gw, origin=f"http://127.0.0.1:{gw.port}") as browser:
+            assert (await browser.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
+async def test_configured_origins_are_allowed() -> None:
+    """Origins listed in ``allowed_origins`` may open sockets; others still may not."""
+    async with hostile_setting(allowed_origins=("https://chat.example",)) as gw:
+        async with raw_client(gw, origin="https://chat.example") as browser:
+            assert "result" in await browser.call("auth.whoami")
+        with pytest.raises(InvalidStatus) as info:
+            async with raw_client(gw, origin="https://chat.example.evil"):
+                pass
+        assert info.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("header", ["Basic YWxpY2U6dG9rLWFsaWNl", "Digest x", "tok-alice"])
+async def test_non_bearer_authorization_is_refused_with_401(header: str) -> None:
+    """An Authorization header in any scheme but Bearer fails the handshake with 401."""
+    async with hostile_setting() as gw:
+        with pytest.raises(InvalidStatus) as info:
+            async with asyncio.timeout(TIMEOUT):
+                ws = await connect(gw.ws_url, additional_headers={"Authorization": header})
+            await ws.close()
+        assert info.value.response.status_code == 401
+
+
+# Plain HTTP
+
+
+async def test_healthz_answers_200_json() -> None:
+    """GET /healthz is 200 with a JSON body saying ok."""
+    async with hostile_setting() as gw:
+        status, body = await http_get(gw, "/healthz")
+        assert status == 200
+        health = json.loads(body)
+        assert health["status"] == "ok"
+        assert health["connections"] >= 1
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/../pyproject.toml",
+        "/../../etc/passwd",
+        "/%2e%2e/pyproject.toml",
+        "/%2E%2E/%2e%2e/etc/passwd",
+        "/..%2fpyproject.toml",
+        "/%2e%2e%2fpyproject.toml",
+        "/app.js/../../pyproject.toml",
+        "//etc/passwd",
+        "/%2fetc%2fpasswd",
+        "/%00",
+        "/index.html%00.png",
+        "/" + "a" * 300,
+        "/" + "%2e%2e/" * 200 + "etc/passwd",
+        "/no-such-file.js",
+    ],
+)
+async def test_static_paths_outside_the_web_root_are_404(target: str) -> None:
+    """Traversal in any spelling, NUL bytes, huge names: 404, never a file outside web/, no 500."""
+    async with hostile_setting() as gw:
+        status, body = await http_get(gw, target)
+        assert status == 404
+        assert b"[build-system]" not in body
+        assert b"root:" not in body
+
+
+async def test_garbage_http_request_is_dropped_without_harm() -> None:
+    """A request line that is not HTTP is refused; the server stays up."""
+    async with hostile_setting() as gw:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+            await writer.drain()
+            data = await reader.read()
+            writer.close()
+        assert not data or data.startswith(b"HTTP/1.1 4")
+
+
+@pytest.mark.parametrize("target", ["/", "/app.js", "/index.html"])
+async def test_files_inside_the_web_root_are_still_served(target: str) -> None:
+    """The traversal guard still lets the UI's own files through."""
+    async with hostile_setting() as gw:
+        status, body = await http_get(gw, target)
+        assert status == 200
+        assert body
