@@ -19,9 +19,11 @@ from gateway.config import (
 )
 from gateway.server.app import Gateway
 
-__all__ = ["RawClient", "gateway_server", "raw_client"]
+__all__ = ["TEST_JWT_SECRET", "RawClient", "gateway_server", "raw_client"]
 
 TIMEOUT = 10.0
+TEST_JWT_SECRET = "test-secret-for-signing-tokens-0123456789"
+"""The signing secret of :func:`gateway_server` (long enough for HS256)."""
 
 
 def _split(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +36,7 @@ async def gateway_server(
     *,
     api_keys: Mapping[str, str] | None = None,
     admins: set[str] | frozenset[str] = frozenset(),
-    jwt_secret: str | None = "test-secret",
+    jwt_secret: str | None = TEST_JWT_SECRET,
     config: Config | None = None,
     gateway_kwargs: Mapping[str, Any] | None = None,
     **overrides: Any,

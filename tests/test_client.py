@@ -39,12 +39,12 @@ from gateway.client import (
     Unauthenticated,
     connect,
 )
-from tests.support import gateway_server
+from tests.support import TEST_JWT_SECRET, gateway_server
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 10.0
 KEYS = {"tok-alice": "alice", "tok-bob": "bob"}
-JWT_SECRET = "test-secret"  # tests.support.gateway_server's default
+JWT_SECRET = TEST_JWT_SECRET
 LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))  # the offline reply quotes up to 40 words
 
 T = TypeVar("T")
