@@ -56,8 +56,11 @@ def _token(args: argparse.Namespace) -> int:
         )
         return 2
     roles = tuple(args.role or ())
-    print(mint_token(secret, args.user, ttl=ttl, roles=roles, name=args.name,
-                     issuer=config.auth.jwt_issuer))
+    print(
+        mint_token(
+            secret, args.user, ttl=ttl, roles=roles, name=args.name, issuer=config.auth.jwt_issuer
+        )
+    )
     return 0
 
 

@@ -271,29 +271,29 @@ class ChatModule(LLMModule):
                     yield text
             except asyncio.CancelledError:
                 # A cancel (rpc.cancel) lands here: report what was produced so far.
-                yield Final(await self._finish(user, stream, model, "cancelled"))
+                yield Final(await self._finish(user, stream, "cancelled"))
                 return
             except UpstreamError as exc:
                 if not streamed:
                     raise
-                yield Final(await self._finish(user, stream, model, "error", exc.to_error()))
+                yield Final(await self._finish(user, stream, "error", exc.to_error()))
                 return
             finally:
                 # Closes the upstream at once, whether we finished, failed or were cancelled.
                 await stream.aclose()
-            yield Final(await self._finish(user, stream, model, None))
+            yield Final(await self._finish(user, stream, None))
 
     async def _finish(
         self,
         user: User,
         stream: RoutedStream,
-        model: str,
         finish: str | None,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         result = stream.result
+        used = result.model if result is not None else stream.model
         usage: Usage = result.usage if result is not None else stream.partial_usage()
-        cost = self.router.cost(result.model if result else model, usage)
+        cost = self.router.cost(used, usage)
         if self.budget is not None:
             self.budget.record(user, usage.total_tokens)
         await self.store.add_usage(
@@ -301,7 +301,7 @@ class ChatModule(LLMModule):
         )
         out: dict[str, Any] = {
             "finishReason": finish or (result.finish_reason if result else "stop"),
-            "model": result.model if result else model,
+            "model": used,
             "usage": {
                 "promptTokens": usage.prompt_tokens,
                 "completionTokens": usage.completion_tokens,

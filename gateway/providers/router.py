@@ -1,0 +1,299 @@
+"""Named models -> providers: building them, describing them, and streaming from them.
+
+A :class:`RoutedStream` is one answer. Before each attempt it trims the
+history to the model's context window; it fails over to the model's
+``fallbacks`` (in order, skipping unavailable ones) only while no text has
+been streamed and only for retryable failures (connection, 5xx, 429,
+timeout). Once text has reached the user the model never changes: a later
+failure is raised as it is. Usage is the provider's when it reports it,
+else a tiktoken estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+from gateway.errors import LimitExceeded, ModelUnavailable, UpstreamError
+from gateway.providers import output_limit
+from gateway.providers.base import ChatRequest, ModelConfig, Provider, Usage
+from gateway.providers.offline import OfflineProvider
+from gateway.providers.tokens import REPLY_PRIMING, count_message, count_messages, count_text
+from gateway.providers.tokens import encoding as load_encoding
+
+__all__ = ["ModelRouter", "RoutedStream", "StreamResult", "cost", "fit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """How a routed stream ended."""
+
+    model: str
+    """The model that answered (a fallback when the requested one failed first)."""
+    finish_reason: str
+    usage: Usage
+    dropped_turns: int = 0
+    """Oldest history messages left out to fit the model's context window."""
+
+
+def fit(config: ModelConfig, request: ChatRequest) -> tuple[ChatRequest, int]:
+    """``request`` trimmed to ``config``'s context window, and how many messages were dropped.
+
+    The window must hold the prompt and the answer's limit. System messages
+    and everything from the latest user message on are always kept; older
+    turns are kept newest first while they fit, and a trimmed history never
+    opens with an assistant turn (its question is gone). Raises
+    :class:`LimitExceeded` when even that minimum does not fit.
+    """
+    limit = output_limit(config, request)
+    budget = config.context_window - limit
+    messages = request.messages
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages))
+    keep = {i for i, m in enumerate(messages) if m.role == "system" or i >= last_user}
+    used = REPLY_PRIMING + sum(count_message(messages[i]) for i in keep)
+    if used > budget:
+        raise LimitExceeded(
+            f"The message and system prompt need {used} tokens; model {config.name!r} has room "
+            f"for {max(budget, 0)} (context window {config.context_window} minus {limit} for "
+            "the answer)",
+            data={"limit": "contextWindow"},
+        )
+    for i in range(last_user - 1, -1, -1):
+        if i in keep:
+            continue
+        need = count_message(messages[i])
+        if used + need > budget:
+            break
+        used += need
+        keep.add(i)
+    if len(keep) < len(messages):
+        # An answer whose question was dropped would open the history: drop it too.
+        history = sorted(i for i in keep if messages[i].role != "system")
+        for i in history:
+            if messages[i].role != "assistant" or i >= last_user:
+                break
+            keep.discard(i)
+    dropped = len(messages) - len(keep)
+    trimmed = tuple(m for i, m in enumerate(messages) if i in keep) if dropped else messages
+    return replace(request, messages=trimmed, max_tokens=limit), dropped
+
+
+def cost(config: ModelConfig, usage: Usage) -> float | None:
+    """Price of ``usage`` in the currency of the config's prices; None when it has none."""
+    if config.price_input_per_mtok is None and config.price_output_per_mtok is None:
+        return None
+    return (
+        usage.prompt_tokens * (config.price_input_per_mtok or 0.0)
+        + usage.completion_tokens * (config.price_output_per_mtok or 0.0)
+    ) / 1_000_000
+
+
+def _build(config: ModelConfig, env: Mapping[str, str]) -> Provider | str:
+    """The provider for ``config``, or why it cannot serve (safe to show: names no variable)."""
+    if config.provider == "offline":
+        return OfflineProvider(config)
+    key = ""
+    if config.api_key_env:
+        key = env.get(config.api_key_env, "")
+        if not key:
+            log.warning(
+                "model %s (%s) is unavailable: environment variable %s is not set",
+                config.name,
+                config.provider,
+                config.api_key_env,
+            )
+            return "its API key is not configured"
+    elif not (config.provider == "openai" and config.base_url):
+        # Only a self-hosted OpenAI-compatible server may go without a key.
+        log.warning(
+            "model %s (%s) is unavailable: it names no api_key_env", config.name, config.provider
+        )
+        return "its API key is not configured"
+    if config.provider == "openai":
+        from gateway.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(config, key)
+    if config.provider == "anthropic":
+        from gateway.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(config, key)
+    log.warning("model %s is unavailable: unknown provider %r", config.name, config.provider)
+    return "its provider is not supported"
+
+
+class ModelRouter:
+    """Holds one provider per configured model (shared by all requests)."""
+
+    def __init__(self, models: Sequence[ModelConfig], *, env: Mapping[str, str] | None = None):
+        env = os.environ if env is None else env
+        self._configs = {m.name: m for m in models}
+        self._providers: dict[str, Provider] = {}
+        self._unavailable: dict[str, str] = {}
+        for model in models:
+            built = _build(model, env)
+            if isinstance(built, str):
+                self._unavailable[model.name] = built
+            else:
+                self._providers[model.name] = built
+        # Loading the encoding takes a fraction of a second: pay it at start, not in a request.
+        load_encoding()
+
+    def get(self, name: str) -> ModelConfig | None:
+        return self._configs.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._configs)
+
+    def is_available(self, name: str) -> bool:
+        return name in self._providers
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Public facts about a model; nothing secret (no key, no key variable, no URL)."""
+        m = self._configs[name]
+        return {
+            "name": m.name,
+            "provider": m.provider,
+            "model": m.model,
+            "contextWindow": m.context_window,
+            "maxOutputTokens": m.max_output_tokens,
+            "available": self.is_available(name),
+            "description": m.description,
+        }
+
+    def cost(self, name: str, usage: Usage) -> float | None:
+        """Price of ``usage`` on model ``name``; None when the model has no prices."""
+        return cost(self._configs[name], usage)
+
+    def open(self, name: str, request: ChatRequest) -> RoutedStream:
+        """A stream of ``name``'s answer to ``request``; nothing is sent before iteration."""
+        if name not in self._providers:
+            reason = self._unavailable.get(name, "it is not configured")
+            raise ModelUnavailable(f"Model {name!r} is not available: {reason}")
+        return RoutedStream(self, name, request)
+
+    def provider(self, name: str) -> Provider:
+        return self._providers[name]
+
+    def candidates(self, name: str) -> list[str]:
+        """``name`` and then its available fallbacks, in order, each once."""
+        chain = [name]
+        for fallback in self._configs[name].fallbacks:
+            if fallback not in chain and self.is_available(fallback):
+                chain.append(fallback)
+        return chain
+
+    async def aclose(self) -> None:
+        for name, provider in self._providers.items():
+            try:
+                await provider.aclose()
+            except Exception:
+                log.warning("closing model %s failed", name, exc_info=True)
+
+
+class RoutedStream:
+    """Text pieces of one answer; ``result`` is set once iteration ends.
+
+    Iterate once (``async for text in stream``). ``aclose()`` (or leaving
+    ``async with stream``) from the iterating task, or cancelling that task,
+    closes the upstream response at once.
+    """
+
+    def __init__(self, router: ModelRouter, name: str, request: ChatRequest) -> None:
+        self._router = router
+        self._request = request
+        self.model = name
+        """The model being (or last) tried."""
+        self.result: StreamResult | None = None
+        self._sent = request
+        self._text: list[str] = []
+        self._run: AsyncIterator[str] | None = None
+
+    def __aiter__(self) -> RoutedStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._run is None:
+            self._run = self._attempts()
+        return await anext(self._run)
+
+    async def aclose(self) -> None:
+        await _close(self._run)
+
+    async def __aenter__(self) -> RoutedStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _attempts(self) -> AsyncIterator[str]:
+        chain = self._router.candidates(self.model)
+        failure: UpstreamError | None = None
+        for position, name in enumerate(chain):
+            config = self._router.get(name)
+            assert config is not None
+            try:
+                request, dropped = fit(config, self._request)
+            except LimitExceeded:
+                if failure is None:
+                    raise  # The requested model itself cannot take this conversation.
+                log.warning("fallback model %s skipped: the conversation does not fit", name)
+                continue
+            self.model, self._sent = name, request
+            chunks = self._router.provider(name).stream(request)
+            usage: Usage | None = None
+            finish = "stop"
+            try:
+                async for chunk in chunks:
+                    if chunk.text:
+                        self._text.append(chunk.text)
+                        yield chunk.text
+                    usage = chunk.usage or usage
+                    finish = chunk.finish_reason or finish
+            except UpstreamError as exc:
+                if self._text or not exc.retryable or position == len(chain) - 1:
+                    raise
+                failure = exc
+                log.warning(
+                    "model %s failed before its first token, failing over to %s: %s",
+                    name,
+                    chain[position + 1],
+                    exc.message,
+                )
+                continue
+            finally:
+                await _close(chunks)
+            self.result = StreamResult(
+                model=name,
+                finish_reason=finish,
+                usage=usage or self.partial_usage(),
+                dropped_turns=dropped,
+            )
+            return
+        assert failure is not None
+        raise failure
+
+    def partial_usage(self) -> Usage:
+        """Estimated usage so far (for a stream that was cancelled or failed)."""
+        return Usage(
+            prompt_tokens=count_messages(self._sent.messages),
+            completion_tokens=count_text("".join(self._text)),
+            source="estimate",
+        )
+
+
+async def _close(iterator: object) -> None:
+    """Close an async generator (a provider's stream) if it is one."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
