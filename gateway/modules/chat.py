@@ -48,6 +48,8 @@ class TokenBudget(Protocol):
 
     def record(self, user: User, tokens: int) -> None: ...
 
+    def usage(self, user_id: str) -> dict[str, Any]: ...
+
 
 class ChatModule(LLMModule):
     namespace = "chat"
@@ -175,7 +177,11 @@ class ChatModule(LLMModule):
     @exposed("getSessionStats")
     async def get_session_stats(self) -> dict:
         """Session aggregates and your own session; per-user detail for admins only."""
-        return await self.session_stats(detail=current_user().is_admin)
+        user = current_user()
+        stats = await self.session_stats(detail=user.is_admin)
+        if self.budget is not None:
+            stats["you"]["budget"] = self.budget.usage(user.id)
+        return stats
 
     @exposed("getAllSessions")
     async def get_all_sessions(self) -> list:
