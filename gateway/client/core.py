@@ -1,40 +1,4 @@
-"""An asyncio client for the gateway: calls, streams, batches, notifications, reconnects.
-
-    async with connect("ws://127.0.0.1:8765/ws", token="tok-alice") as client:
-        models = await client.call("chat.listModels")
-        async for text in client.stream("chat.postChat", message="hi"):
-            print(text, end="")
-
-One reader task per connection routes responses by id and ``stream.delta``
-notifications to their stream. Delivery is at most once: a call in flight when
-the socket drops fails with :class:`ConnectionLost` and is never sent again.
-The client then reconnects (exponential backoff with jitter) and authenticates
-again, so calls made afterwards work; close codes 4500-4999 (and 1000, 1003,
-1007-1010) end the client for good.
-
-Every wait has a deadline (``open_timeout``, ``call_timeout``, ``stream_timeout``,
-``close_timeout``, or the ``timeout`` argument of :meth:`Client.request`);
-passing ``None`` waits forever. Deadlines raise the built-in :class:`TimeoutError`.
-
-    ClientError
-    ├── ProtocolError          the server broke the wire protocol (e.g. a gap in stream seq)
-    ├── RpcError               a JSON-RPC error response: .code, .message, .data
-    │   ├── MethodNotFound         -32601
-    │   ├── InvalidParams          -32602
-    │   ├── Unauthenticated        -32001
-    │   ├── TokenExpired           -32002
-    │   ├── Forbidden              -32003
-    │   ├── LimitExceeded          -32004  (.retry_after)
-    │   ├── Cancelled              -32005
-    │   ├── ModelUnavailable       -32006
-    │   ├── BudgetExceeded         -32007  (.retry_after)
-    │   └── UpstreamError          -32010..-32015  (.retryable, .retry_after)
-    └── ConnectionLost         the socket dropped with this call in flight; it may have run
-        └── ConnectionClosed   no connection now or later: closed by you, the first connect
-            │                  failed, a final close code, or reconnect=False
-            └── AuthError      refused: HTTP 401/403 at the handshake, a failed auth.login,
-                               or close 4500-4999 (bad/expired token, auth timeout, limits)
-"""
+"""The client: one reconnecting connection, its reader task, and :func:`connect`."""
 
 from __future__ import annotations
 
@@ -43,321 +7,34 @@ import copy
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Generator, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Literal
 
 import orjson
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidStatus, WebSocketException
 
-from gateway.errors import ErrorCode
+from gateway.client.calls import Call, NotificationHandler, Params, _frame, _params, _Pending
+from gateway.client.closing import close_error, slows_down
+from gateway.client.errors import (
+    AuthError,
+    ClientError,
+    ConnectionClosed,
+    ConnectionLost,
+    ProtocolError,
+    RpcError,
+    rpc_error,
+)
+from gateway.client.handshake import open_connection
+from gateway.client.stream import Stream
 
-__all__ = [
-    "AuthError",
-    "BudgetExceeded",
-    "Call",
-    "Cancelled",
-    "Client",
-    "ClientError",
-    "ConnectionClosed",
-    "ConnectionLost",
-    "Forbidden",
-    "InvalidParams",
-    "LimitExceeded",
-    "MethodNotFound",
-    "ModelUnavailable",
-    "ProtocolError",
-    "RpcError",
-    "Stream",
-    "TokenExpired",
-    "Unauthenticated",
-    "UpstreamError",
-    "connect",
-]
+__all__ = ["Client", "connect"]
 
 logger = logging.getLogger("gateway.client")
 
-Params = dict[str, Any] | list[Any] | None
-"""JSON-RPC params: by name, by position, or none."""
-NotificationHandler = Callable[[str, Any], object]
-"""``on_notification(method, params)``; may return an awaitable, which runs as a task."""
-
 _DEFAULT: Any = object()
 """Marks a timeout argument left out: the client's default applies."""
-
-_RECONNECT_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
-
-
-# Exceptions
-
-
-class ClientError(Exception):
-    """Root of every error this module raises (besides TimeoutError and TypeError)."""
-
-
-class ProtocolError(ClientError):
-    """The server sent something the wire protocol does not allow."""
-
-
-class RpcError(ClientError):
-    """The server answered a call with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-        self.data = data
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds the server asks you to wait before retrying (``data.retryAfter``)."""
-        value = self.data.get("retryAfter") if isinstance(self.data, dict) else None
-        return float(value) if isinstance(value, int | float) else None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.code, self.message, self.data))
-
-
-class MethodNotFound(RpcError):
-    """-32601: no such method."""
-
-
-class InvalidParams(RpcError):
-    """-32602: the params do not fit the method (also: unknown model name)."""
-
-
-class Unauthenticated(RpcError):
-    """-32001: the connection has no valid credentials."""
-
-
-class TokenExpired(RpcError):
-    """-32002: the token expired; the server closes the socket with 4501."""
-
-
-class Forbidden(RpcError):
-    """-32003: authenticated, but not allowed."""
-
-
-class LimitExceeded(RpcError):
-    """-32004: a rate, concurrency or size limit; ``data.limit`` names it."""
-
-
-class Cancelled(RpcError):
-    """-32005: a non-streaming call was cancelled."""
-
-
-class ModelUnavailable(RpcError):
-    """-32006: the model exists but cannot serve (e.g. no API key configured)."""
-
-
-class BudgetExceeded(RpcError):
-    """-32007: the token budget is spent; see ``retry_after``."""
-
-
-class UpstreamError(RpcError):
-    """-32010..-32015: the model provider failed; ``code`` says how."""
-
-    @property
-    def retryable(self) -> bool:
-        """Whether the same call may succeed later (``data.retryable``)."""
-        return bool(self.data.get("retryable")) if isinstance(self.data, dict) else False
-
-
-_RPC_ERRORS: dict[int, type[RpcError]] = {
-    ErrorCode.METHOD_NOT_FOUND: MethodNotFound,
-    ErrorCode.INVALID_PARAMS: InvalidParams,
-    ErrorCode.UNAUTHENTICATED: Unauthenticated,
-    ErrorCode.TOKEN_EXPIRED: TokenExpired,
-    ErrorCode.FORBIDDEN: Forbidden,
-    ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
-    ErrorCode.CANCELLED: Cancelled,
-    ErrorCode.MODEL_UNAVAILABLE: ModelUnavailable,
-    ErrorCode.BUDGET_EXCEEDED: BudgetExceeded,
-}
-
-
-def rpc_error(error: Any) -> RpcError:
-    """The exception for a JSON-RPC ``error`` member (malformed members become -32603)."""
-    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
-        return RpcError(ErrorCode.INTERNAL_ERROR, f"malformed error object: {error!r}")
-    code, message = error["code"], str(error.get("message", ""))
-    if ErrorCode.UPSTREAM_PROTOCOL <= code <= ErrorCode.UPSTREAM_ERROR:
-        return UpstreamError(code, message, error.get("data"))
-    return _RPC_ERRORS.get(code, RpcError)(code, message, error.get("data"))
-
-
-class ConnectionLost(ClientError):
-    """The connection dropped before the answer came; the call may or may not have run."""
-
-    def __init__(self, message: str, *, close_code: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.close_code = close_code
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
-
-class ConnectionClosed(ConnectionLost):
-    """The client has no connection and will not get one back."""
-
-
-class AuthError(ConnectionClosed):
-    """The server refused the credentials; ``close_code`` or ``status`` says how."""
-
-    status: int | None = None
-    """The HTTP status of a refused handshake (401, 403), else None."""
-
-
-def _rebuild(cls: type[ConnectionLost], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
-    exc = cls.__new__(cls)
-    exc.args = args
-    exc.__dict__.update(state)
-    return exc
-
-
-# Calls and streams
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One item of :meth:`Client.batch`; ``notify`` sends it without an id (its result is None)."""
-
-    method: str
-    params: Params = None
-    notify: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    """A request waiting for its response; streams also queue their deltas (None ends them)."""
-
-    future: asyncio.Future[Any]
-    deltas: asyncio.Queue[str | None] | None = None
-    next_seq: int = 0
-    batch: bool = False
-
-    def settle(self, outcome: Any) -> None:
-        if not self.future.done():
-            if isinstance(outcome, BaseException):
-                self.future.set_exception(outcome)
-            else:
-                self.future.set_result(outcome)
-        if self.deltas is not None:
-            self.deltas.put_nowait(None)
-
-
-def _params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Params:
-    if args and kwargs:
-        raise TypeError("pass params by position or by name, not both")
-    return list(args) if args else dict(kwargs) if kwargs else None
-
-
-def _frame(method: str, params: Params, id: int | None = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if params is not None:
-        frame["params"] = params
-    if id is not None:
-        frame["id"] = id
-    return frame
-
-
-class Stream:
-    """The text deltas of one streaming call; iterate it once.
-
-    When iteration ends, ``result`` holds the final result (``finishReason``,
-    ``model``, ``usage``) and ``text`` everything that streamed. A method that
-    does not stream yields nothing and leaves its result in ``result``.
-
-    Leaving early sends ``rpc.cancel``: :meth:`aclose` (or leaving ``async with``)
-    does so and waits for the final result; a timeout or a cancelled task does so
-    at once. A plain ``break`` is noticed when the stream is garbage-collected,
-    which in CPython is right after the loop unless you hold a reference: if you
-    do, call :meth:`aclose`.
-    """
-
-    def __init__(self, client: Client, method: str, params: Params, idle_timeout: float | None):
-        self.method = method
-        self.params = params
-        self.idle_timeout = idle_timeout
-        self.id: int | None = None
-        self.result: Any = None
-        self._client = client
-        self._parts: list[str] = []
-        self._pending: _Pending | None = None
-        self._done = False
-
-    @property
-    def text(self) -> str:
-        """All text received so far."""
-        return "".join(self._parts)
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                if self._pending is None:
-                    self.id, self._pending = await self._client._start(self.method, self.params)
-                assert self._pending.deltas is not None
-                text = await self._pending.deltas.get()
-        except BaseException:
-            await self._abandon()
-            raise
-        if text is None:
-            self._done = True
-            self.result = self._pending.future.result()
-            raise StopAsyncIteration
-        self._parts.append(text)
-        return text
-
-    async def aclose(self) -> None:
-        """Cancel the stream if it is running and wait (``idle_timeout``) for its final result."""
-        if self._done:
-            return
-        self._done = True
-        pending = self._pending
-        if pending is None or self.id is None:
-            return
-        assert pending.deltas is not None
-        await self._client._send_cancel(self.id)
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                while (text := await pending.deltas.get()) is not None:
-                    self._parts.append(text)
-            self.result = pending.future.result()
-        except (ClientError, TimeoutError) as exc:
-            logger.debug("stream %s ended with %r while closing", self.id, exc)
-        finally:
-            self._client._forget(self.id, pending)
-
-    async def _abandon(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self.id is not None and self._pending is not None:
-            self._client._forget(self.id, self._pending)
-            await self._client._send_cancel(self.id)
-
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        if not self._done and self.id is not None:
-            self._client._cancel_later(self.id)
-
-
-# The client
 
 
 class Client:
@@ -450,8 +127,8 @@ class Client:
                 id, pending = await self._start(method, params, stream=False)
                 return await pending.future
         finally:
-            if id is not None and pending is not None and self._forget(id, pending):
-                self._cancel_later(id)
+            if id is not None and pending is not None:
+                self._withdraw(id, pending)
 
     def stream(self, method: str, /, *args: Any, **params: Any) -> Stream:
         """Start ``method`` when first iterated; yields its text deltas (see :class:`Stream`)."""
@@ -507,8 +184,7 @@ class Client:
                 return outcomes
         finally:
             for id, pending in registered:
-                if self._forget(id, pending):
-                    self._cancel_later(id)
+                self._withdraw(id, pending)
 
     async def refresh(self, token: str) -> Any:
         """Swap this connection's credentials (auth.refresh); reconnects use the new token."""
@@ -567,8 +243,7 @@ class Client:
             await self._send(ws, _frame(method, params, id))
         except BaseException:
             # Cancelled while flushing: the frame may have gone out, so cancel it too.
-            if self._forget(id, pending):
-                self._cancel_later(id)
+            self._withdraw(id, pending)
             raise
         return id, pending
 
@@ -584,6 +259,11 @@ class Client:
             del self._pending[id]
             return True
         return False
+
+    def _withdraw(self, id: int, pending: _Pending) -> None:
+        """If ``pending`` still waits for its answer, forget it and cancel it on the server."""
+        if self._forget(id, pending):
+            self._cancel_later(id)
 
     async def _send_cancel(self, id: int) -> None:
         """Best effort ``rpc.cancel``: a lost connection has cancelled everything anyway."""
@@ -631,74 +311,20 @@ class Client:
         return self
 
     async def _establish(self) -> ClientConnection:
-        headers = {}
-        if self._token is not None and self.auth == "header":
-            headers["Authorization"] = f"Bearer {self._token}"
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                ws = await ws_connect(
-                    self.url,
-                    additional_headers=headers,
-                    open_timeout=None,
-                    close_timeout=self.close_timeout,
-                    max_size=self.max_frame_bytes,
-                )
-                try:
-                    await self._authenticate(ws)
-                except BaseException:
-                    await ws.close()
-                    raise
-        except WsConnectionClosed as exc:
-            code, reason = exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else ""
-            if code is not None and 4500 <= code < 5000:
-                raise AuthError(
-                    f"the server refused the session (close {code} {reason})",
-                    close_code=code,
-                    reason=reason,
-                ) from exc
-            raise ConnectionClosed(f"cannot connect to {self.url}: {exc}", close_code=code) from exc
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                error = AuthError(f"the server refused the credentials (HTTP {status})")
-                error.status = status
-                raise error from exc
-            raise ConnectionClosed(f"cannot connect to {self.url}: HTTP {status}") from exc
-        except (OSError, WebSocketException) as exc:  # TimeoutError is an OSError
-            raise ConnectionClosed(f"cannot connect to {self.url}: {exc!r}") from exc
+        ws, identity = await open_connection(
+            self.url,
+            token=self._token,
+            auth=self.auth,
+            ids=self._ids,
+            open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
+            max_frame_bytes=self.max_frame_bytes,
+        )
+        self._remember_identity(identity)
         self._ws = ws
         self.connections += 1
         self._ready.set()
         return ws
-
-    async def _authenticate(self, ws: ClientConnection) -> None:
-        """auth.login (frame mode) or auth.whoami (header mode), before the reader starts."""
-        if self._token is None:
-            return
-        try:
-            if self.auth == "frame":
-                result = await self._exchange(ws, "auth.login", {"token": self._token})
-            else:
-                result = await self._exchange(ws, "auth.whoami", None)
-        except (Unauthenticated, TokenExpired) as exc:
-            raise AuthError(f"the server refused the credentials: {exc.message}") from exc
-        except MethodNotFound:
-            return
-        self._remember_identity(result)
-
-    async def _exchange(self, ws: ClientConnection, method: str, params: Params) -> Any:
-        id = next(self._ids)
-        await ws.send(orjson.dumps(_frame(method, params, id)), text=True)
-        while True:
-            raw = await ws.recv()
-            try:
-                message = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ProtocolError(f"a frame that is not JSON: {raw!r:.80}") from exc
-            if isinstance(message, dict) and message.get("id") == id:
-                if "error" in message:
-                    raise rpc_error(message["error"])
-                return message.get("result")
 
     def _remember_identity(self, result: Any) -> None:
         if isinstance(result, dict):
@@ -714,7 +340,7 @@ class Client:
             code, reason = ws.close_code, ws.close_reason or ""
             if self._fatal is not None:
                 return
-            final = self._final_error(code, reason)
+            final = close_error(code, reason, reconnect=self.reconnect)
             if final is not None:
                 self._go_down(final)
                 return
@@ -737,7 +363,7 @@ class Client:
 
     async def _reconnect(self, close_code: int | None) -> ClientConnection | None:
         # A flood close (4001) or slow consumer close (4000) asks for a longer first wait.
-        attempt = 2 if close_code is not None and 4000 <= close_code < 4500 else 0
+        attempt = 2 if slows_down(close_code) else 0
         while True:
             cap = min(self.max_backoff, self.min_backoff * 2 ** min(attempt, 30))
             await asyncio.sleep(cap / 2 + random.uniform(0, cap / 2))
@@ -749,19 +375,6 @@ class Client:
                 return None
             except ClientError as exc:
                 logger.info("reconnect attempt %d failed: %s", attempt, exc)
-
-    def _final_error(self, code: int | None, reason: str) -> ConnectionClosed | None:
-        """The error that ends the client for close ``code``, or None to reconnect."""
-        detail = f"close {code}{' ' + reason if reason else ''}"
-        if code is not None and 4500 <= code < 5000:
-            return AuthError(
-                f"the server ended the session ({detail})", close_code=code, reason=reason
-            )
-        if not self.reconnect:
-            return ConnectionClosed(f"connection closed ({detail})", close_code=code, reason=reason)
-        if code is None or code in _RECONNECT_CLOSE_CODES or 4000 <= code < 4500:
-            return None
-        return ConnectionClosed(f"connection closed ({detail})", close_code=code, reason=reason)
 
     def _lost_error(self, ws: ClientConnection) -> ConnectionLost:
         if self._fatal is not None:
