@@ -13,7 +13,7 @@ import pytest
 
 from gateway.errors import Unauthenticated
 from gateway.jsonrpc import Final, MethodSpec, Outbound, Registry, RpcSession, SessionLimits
-from gateway.jsonrpc.outbound import DeltaStream
+from gateway.jsonrpc.outbound import FRAME_OVERHEAD, DeltaStream
 
 TIMEOUT = 5.0
 DEFAULT_LIMITS = SessionLimits()
@@ -669,7 +669,8 @@ async def test_producers_wait_while_the_queue_is_full() -> None:
     blocked = asyncio.create_task(outbound.put(b"y" * 10))
     await asyncio.sleep(0.05)
     assert not blocked.done()
-    assert outbound.queued_bytes == 150
+    # a queued frame also counts the buffer orjson gives every encoded frame
+    assert outbound.queued_bytes == 150 + FRAME_OVERHEAD
     assert await asyncio.wait_for(outbound.get(), TIMEOUT) == b"x" * 150
     await asyncio.wait_for(blocked, TIMEOUT)
     assert await asyncio.wait_for(outbound.get(), TIMEOUT) == b"y" * 10

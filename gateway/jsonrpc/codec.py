@@ -16,7 +16,7 @@ import orjson
 
 from gateway.errors import ParseError
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "encode_small"]
 
 
 def _item_has_float_id(item: Any) -> bool:
@@ -61,3 +61,12 @@ def encode(obj: Any) -> bytes:
         return orjson.dumps(obj)
     except TypeError:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_small(obj: Any) -> bytes:
+    """:func:`encode` for a small value kept for long (e.g. a stream's id).
+
+    orjson's result holds a buffer of about 4 KiB whatever its length; a copy
+    holds only its bytes.
+    """
+    return bytes(memoryview(encode(obj)))

@@ -21,6 +21,10 @@ import orjson
 __all__ = ["DeltaStream", "Outbound", "OutboundClosed"]
 
 
+FRAME_OVERHEAD = 4096
+"""Memory a queued frame costs beyond its length: orjson's output holds a ~4 KiB buffer."""
+
+
 class OutboundClosed(Exception):
     """The connection is gone; nothing more can be queued."""
 
@@ -94,7 +98,7 @@ class Outbound:
     async def put(self, frame: bytes) -> None:
         await self._wait_for_room()
         self._items.append(frame)
-        self._bytes += len(frame)
+        self._bytes += len(frame) + FRAME_OVERHEAD
         self._readable.set()
 
     async def put_delta(self, stream: DeltaStream, text: str) -> None:
@@ -121,7 +125,7 @@ class Outbound:
         item = self._items.popleft()
         if isinstance(item, bytes):
             frame = item
-            self._bytes -= len(frame)
+            self._bytes -= len(frame) + FRAME_OVERHEAD
         else:
             frame = item.encode()
             self._bytes -= item.size

@@ -27,7 +27,7 @@ from gateway.errors import (
     LimitExceeded,
     MethodNotFound,
 )
-from gateway.jsonrpc.codec import decode, encode
+from gateway.jsonrpc.codec import decode, encode, encode_small
 from gateway.jsonrpc.outbound import DeltaStream, Outbound, OutboundClosed
 from gateway.jsonrpc.registry import Final, MethodSpec, Registry
 
@@ -328,7 +328,7 @@ class RpcSession:
 
     async def _stream(self, call: _Call, args: Any, kwargs: Any) -> Any:
         agen = call.spec.fn(*args, **kwargs)
-        stream = DeltaStream(encode(call.id))
+        stream = DeltaStream(encode_small(call.id))
         final: Any = None
         try:
             try:

@@ -55,9 +55,13 @@ class OfflineProvider:
         finish = "stop"
         if len(words) > limit:
             words, finish = words[:limit], "length"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for i, word in enumerate(words):
-            # Always yield to the loop, so a fast stream never starves pings or other users.
-            await asyncio.sleep(self._delay)
+            # Pace against absolute deadlines so one late wake-up does not delay every later
+            # word; and always yield to the loop, so a fast stream never starves pings or
+            # other users.
+            await asyncio.sleep(max(0.0, start + (i + 1) * self._delay - loop.time()))
             yield Chunk(text=word if i == 0 else " " + word)
         yield Chunk(finish_reason=finish)
 

@@ -142,6 +142,7 @@ class Gateway:
             logger=RedactingLogger(logging.getLogger("websockets.server")),
         )
         sessions = self.config.sessions
+        self._background.append(asyncio.get_running_loop().create_task(self._watch_sends()))
         self._background.append(
             asyncio.get_running_loop().create_task(
                 self.chat.run_cleanup(
@@ -150,6 +151,21 @@ class Gateway:
                 )
             )
         )
+
+    async def _watch_sends(self) -> None:
+        """Close connections whose current frame is stuck past ``send_timeout`` (4000).
+
+        One sweep a fraction of a second for all connections costs far less than
+        arming a timer for every frame sent.
+        """
+        send_timeout = self.config.server.send_timeout
+        interval = min(1.0, send_timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in self.connections:
+                conn.check_send_deadline(now, send_timeout)
 
     @property
     def port(self) -> int:

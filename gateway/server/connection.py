@@ -62,6 +62,8 @@ class Connection:
             on_abuse=self._on_abuse,
         )
         self._close_request: tuple[CloseCode, str] | None = None
+        self.send_started: float | None = None
+        """Loop time when the frame being written started; None while the writer is idle."""
         self._closing: asyncio.Task[None] | None = None
 
     # Authentication
@@ -116,23 +118,33 @@ class Connection:
             self.close_soon(CloseCode.PROTOCOL_ABUSE, "too many invalid frames")
 
     async def _pump(self) -> None:
-        send_timeout = self.gateway.config.server.send_timeout
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 frame = await self.outbound.get()
                 if not frame and self._close_request is not None:
                     await self.ws.close(*self._close_request)
                     return
-                async with asyncio.timeout(send_timeout):
-                    await self.ws.send(frame, text=True)
-        except OutboundClosed:
+                # The deadline is checked by the gateway's watchdog, not a timer per frame.
+                self.send_started = loop.time()
+                await self.ws.send(frame, text=True)
+                self.send_started = None
+                # Don't keep the last frame alive while waiting for the next one.
+                del frame
+        except (OutboundClosed, ConnectionClosed):
             pass
-        except TimeoutError:
-            log.info("closing slow consumer %s", self.ws.id)
-            self.outbound.close()
-            await self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-        except ConnectionClosed:
-            pass
+
+    def check_send_deadline(self, now: float, send_timeout: float) -> None:
+        """Close with 4000 if the frame being written has been stuck past ``send_timeout``."""
+        started = self.send_started
+        if started is None or now - started <= send_timeout or self._close_request is not None:
+            return
+        log.info("closing slow consumer %s", self.ws.id)
+        self._close_request = (CloseCode.SLOW_CONSUMER, "slow consumer")
+        self.outbound.close()
+        self._closing = asyncio.get_running_loop().create_task(
+            self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        )
 
     async def serve(self) -> None:
         """Run the connection until it closes; cancels everything it started."""
