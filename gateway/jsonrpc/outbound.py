@@ -5,7 +5,10 @@ to that stream's frame still waiting in the queue, if there is one, instead
 of becoming a frame of its own: a fast reader gets one frame per delta, a
 lagging reader gets fewer, larger frames. ``seq`` is assigned when a frame
 leaves the queue, so it counts frames and stays contiguous whatever merging
-happened. A frame carries at most ``max_merge`` characters of merged text
+happened. When the queue is empty, the writer is idle and the transport
+says it can take a frame now (``write_now``), a frame skips the queue and is
+written at once: no task switch for the common case of a reader that keeps
+up. A frame carries at most ``max_merge`` characters of merged text
 (a single larger delta still goes whole), so merging never makes a frame a
 client's websocket library would refuse. Producers wait while the queue
 holds more than ``max_bytes``, which bounds memory whatever the reader does.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 import orjson
 
@@ -72,8 +76,17 @@ class _Delta:
 class Outbound:
     """FIFO of frames (bytes) and mergeable deltas, bounded by the bytes it holds."""
 
-    def __init__(self, *, max_bytes: int = 1024 * 1024, max_merge: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int = 1024 * 1024,
+        max_merge: int = 64 * 1024,
+        write_now: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self._items: deque[bytes | _Delta] = deque()
+        self._write_now = write_now
+        self._idle = False
+        """The writer is waiting in :meth:`get` for a frame (so skipping the queue keeps order)."""
         self._bytes = 0
         self._max_bytes = max_bytes
         self._max_merge = max_merge
@@ -95,13 +108,23 @@ class Outbound:
         if self._closed:
             raise OutboundClosed
 
+    def _direct(self) -> bool:
+        return self._idle and not self._items and self._write_now is not None
+
     async def put(self, frame: bytes) -> None:
+        if self._direct() and self._write_now(frame):  # type: ignore[misc]
+            return
         await self._wait_for_room()
         self._items.append(frame)
         self._bytes += len(frame) + FRAME_OVERHEAD
         self._readable.set()
 
     async def put_delta(self, stream: DeltaStream, text: str) -> None:
+        if stream.pending is None and self._direct():
+            frame = _Delta(stream, text).encode()
+            if not self._write_now(frame):  # type: ignore[misc]
+                await self.put(frame)
+            return
         await self._wait_for_room()
         pending = stream.pending
         if pending is not None and pending.size + len(text) <= self._max_merge:
@@ -121,7 +144,11 @@ class Outbound:
             if self._closed:
                 raise OutboundClosed
             self._readable.clear()
-            await self._readable.wait()
+            self._idle = True
+            try:
+                await self._readable.wait()
+            finally:
+                self._idle = False
         item = self._items.popleft()
         if isinstance(item, bytes):
             frame = item

@@ -15,8 +15,9 @@ from collections import Counter
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from gateway.auth.tokens import Identity
 from gateway.context import User, user_var
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "current_connection"]
 
 log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 32 * 1024
+"""Bytes buffered in the transport above which frames wait in the queue (websockets' default)."""
 
 _CLOSE = b""
 """Queued after the last frame a closing connection must still send."""
@@ -53,7 +57,9 @@ class Connection:
         self.ws = ws
         self.identity: Identity | None = None
         cfg = gateway.config
-        self.outbound = Outbound(max_bytes=cfg.server.outbound_queue_bytes)
+        self.outbound = Outbound(
+            max_bytes=cfg.server.outbound_queue_bytes, write_now=self._write_now
+        )
         self.session = RpcSession(
             gateway.registry,
             self.outbound,
@@ -133,6 +139,16 @@ class Connection:
                 del frame
         except (OutboundClosed, ConnectionClosed):
             pass
+
+    def _write_now(self, frame: bytes) -> bool:
+        """Write ``frame`` at once if the socket takes it without waiting (else it is queued)."""
+        ws = self.ws
+        if not frame or ws.state is not State.OPEN:
+            return False
+        if ws.transport.get_write_buffer_size() >= WRITE_HIGH_WATER:
+            return False
+        broadcast((ws,), frame, text=True)
+        return True
 
     def check_send_deadline(self, now: float, send_timeout: float) -> None:
         """Close with 4000 if the frame being written has been stuck past ``send_timeout``."""
