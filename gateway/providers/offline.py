@@ -57,12 +57,21 @@ class OfflineProvider:
             words, finish = words[:limit], "length"
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for i, word in enumerate(words):
-            # Pace against absolute deadlines so one late wake-up does not delay every later
-            # word; and always yield to the loop, so a fast stream never starves pings or
-            # other users.
+        i = 0
+        while i < len(words):
+            # Pace against absolute deadlines, so one late wake-up does not delay every later
+            # word; always yield to the loop, so a fast stream never starves pings or others.
             await asyncio.sleep(max(0.0, start + (i + 1) * self._delay - loop.time()))
-            yield Chunk(text=word if i == 0 else " " + word)
+            # Words already due when the loop is late go out together, as a real upstream
+            # sends a burst after a stall: an overloaded server writes fewer frames.
+            end = i + 1
+            if self._delay:
+                now = loop.time()
+                while end < len(words) and start + (end + 1) * self._delay <= now:
+                    end += 1
+            text = " ".join(words[i:end])
+            yield Chunk(text=text if i == 0 else " " + text)
+            i = end
         yield Chunk(finish_reason=finish)
 
     async def aclose(self) -> None:
