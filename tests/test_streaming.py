@@ -191,3 +191,27 @@ async def test_keepalive_pings_are_answered_during_a_long_fast_stream() -> None:
                 latency = await ws.ping()
                 await asyncio.wait_for(latency, 2)
     assert frames > 100
+
+
+class Burst(Module):
+    """A test module yielding many deltas within one loop tick, as a buffered upstream does."""
+
+    namespace = "burst"
+
+    @exposed("burst")
+    async def burst(self, count: int) -> AsyncIterator[str | Final]:
+        """Yield ``count`` one-character deltas without waiting in between."""
+        for i in range(count):
+            yield str(i % 10)
+
+
+async def test_deltas_produced_in_one_tick_leave_as_one_frame() -> None:
+    """A burst of deltas is written as few frames (not one send per delta), text intact."""
+    async with gateway_server() as gw:
+        register_module(gw.registry, Burst())
+        async with raw_client(gw) as client:
+            text, deltas, final = await client.stream("burst.burst", [200])
+    assert text == "".join(str(i % 10) for i in range(200))
+    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert len(deltas) < 10
+    assert final["result"] == {"finishReason": "stop"}

@@ -5,10 +5,11 @@ to that stream's frame still waiting in the queue, if there is one, instead
 of becoming a frame of its own: a fast reader gets one frame per delta, a
 lagging reader gets fewer, larger frames. ``seq`` is assigned when a frame
 leaves the queue, so it counts frames and stays contiguous whatever merging
-happened. When the queue is empty, the writer is idle and the transport
-says it can take a frame now (``write_now``), a frame skips the queue and is
-written at once: no task switch for the common case of a reader that keeps
-up. A frame carries at most ``max_merge`` characters of merged text
+happened. While the writer task is idle, the queue is instead flushed once
+per loop tick straight to the transport (``write_now``) for as long as the
+transport takes frames without waiting: no task switch for a reader that
+keeps up, and deltas produced in one tick (an upstream burst) leave as one
+frame. A frame carries at most ``max_merge`` characters of merged text
 (a single larger delta still goes whole), so merging never makes a frame a
 client's websocket library would refuse. Producers wait while the queue
 holds more than ``max_bytes``, which bounds memory whatever the reader does.
@@ -86,7 +87,8 @@ class Outbound:
         self._items: deque[bytes | _Delta] = deque()
         self._write_now = write_now
         self._idle = False
-        """The writer is waiting in :meth:`get` for a frame (so skipping the queue keeps order)."""
+        """The writer waits in :meth:`get` (so a flush writing the queue keeps the order)."""
+        self._flush_scheduled = False
         self._bytes = 0
         self._max_bytes = max_bytes
         self._max_merge = max_merge
@@ -108,23 +110,53 @@ class Outbound:
         if self._closed:
             raise OutboundClosed
 
-    def _direct(self) -> bool:
-        return self._idle and not self._items and self._write_now is not None
+    def _wake(self) -> None:
+        """Something was queued: flush it this loop tick, or wake the writer if it is busy."""
+        if self._idle and self._write_now is not None:
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._readable.set()
+
+    def _flush(self) -> None:
+        """Write the queue straight to the transport while it takes frames without waiting.
+
+        Deltas produced in the same loop tick have merged in the queue by now,
+        so a burst from the upstream leaves as one frame.
+        """
+        self._flush_scheduled = False
+        if self._closed or not self._idle:
+            return  # the writer is running: it drains the queue itself
+        assert self._write_now is not None
+        while self._items:
+            frame = self._pop()
+            if not self._write_now(frame):
+                # No room now (or the close marker): the writer sends it, in order.
+                self._items.appendleft(frame)
+                self._bytes += len(frame) + FRAME_OVERHEAD
+                self._readable.set()
+                return
+
+    def _pop(self) -> bytes:
+        item = self._items.popleft()
+        if isinstance(item, bytes):
+            frame = item
+            self._bytes -= len(frame) + FRAME_OVERHEAD
+        else:
+            frame = item.encode()
+            self._bytes -= item.size
+        if self._bytes <= self._max_bytes:
+            self._writable.set()
+        return frame
 
     async def put(self, frame: bytes) -> None:
-        if self._direct() and self._write_now(frame):  # type: ignore[misc]
-            return
         await self._wait_for_room()
         self._items.append(frame)
         self._bytes += len(frame) + FRAME_OVERHEAD
-        self._readable.set()
+        self._wake()
 
     async def put_delta(self, stream: DeltaStream, text: str) -> None:
-        if stream.pending is None and self._direct():
-            frame = _Delta(stream, text).encode()
-            if not self._write_now(frame):  # type: ignore[misc]
-                await self.put(frame)
-            return
         await self._wait_for_room()
         pending = stream.pending
         if pending is not None and pending.size + len(text) <= self._max_merge:
@@ -136,7 +168,7 @@ class Outbound:
             pending = stream.pending = _Delta(stream, text)
             self._items.append(pending)
             self._bytes += pending.size
-        self._readable.set()
+        self._wake()
 
     async def get(self) -> bytes:
         """The next frame to write; raises :class:`OutboundClosed` once closed."""
@@ -149,16 +181,7 @@ class Outbound:
                 await self._readable.wait()
             finally:
                 self._idle = False
-        item = self._items.popleft()
-        if isinstance(item, bytes):
-            frame = item
-            self._bytes -= len(frame) + FRAME_OVERHEAD
-        else:
-            frame = item.encode()
-            self._bytes -= item.size
-        if self._bytes <= self._max_bytes:
-            self._writable.set()
-        return frame
+        return self._pop()
 
     def close(self) -> None:
         """Wake everyone: producers and the writer get :class:`OutboundClosed`."""
