@@ -23,8 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # One line per HTTP request and handshake is noise at INFO.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    # One line per handshake, and per upstream request, is noise at INFO.
+    for noisy in ("websockets", "httpx2", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
