@@ -86,15 +86,15 @@ class Outbound:
     ) -> None:
         self._items: deque[bytes | _Delta] = deque()
         self._write_now = write_now
-        self._idle = False
-        """The writer waits in :meth:`get` (so a flush writing the queue keeps the order)."""
+        # Futures made only while someone waits: an idle connection holds no Event and deque.
+        self._reader: asyncio.Future[None] | None = None
+        """Set while the writer waits in :meth:`get` (so a flush writing the queue keeps order)."""
+        self._room: asyncio.Future[None] | None = None
+        """Set while producers wait for the queue to drain below ``max_bytes``."""
         self._flush_scheduled = False
         self._bytes = 0
         self._max_bytes = max_bytes
         self._max_merge = max_merge
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._closed = False
         self.merged = 0
         """Deltas folded into a frame already queued (a measure of reader lag)."""
@@ -105,19 +105,25 @@ class Outbound:
 
     async def _wait_for_room(self) -> None:
         while self._bytes > self._max_bytes and not self._closed:
-            self._writable.clear()
-            await self._writable.wait()
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            # wait() rather than await: a cancelled producer must not cancel the others' future.
+            await asyncio.wait((self._room,))
         if self._closed:
             raise OutboundClosed
 
     def _wake(self) -> None:
         """Something was queued: flush it this loop tick, or wake the writer if it is busy."""
-        if self._idle and self._write_now is not None:
+        if self._reader is not None and self._write_now is not None:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
         else:
-            self._readable.set()
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
 
     def _flush(self) -> None:
         """Write the queue straight to the transport while it takes frames without waiting.
@@ -126,7 +132,7 @@ class Outbound:
         so a burst from the upstream leaves as one frame.
         """
         self._flush_scheduled = False
-        if self._closed or not self._idle:
+        if self._closed or self._reader is None:
             return  # the writer is running: it drains the queue itself
         assert self._write_now is not None
         while self._items:
@@ -135,7 +141,7 @@ class Outbound:
                 # No room now (or the close marker): the writer sends it, in order.
                 self._items.appendleft(frame)
                 self._bytes += len(frame) + FRAME_OVERHEAD
-                self._readable.set()
+                self._wake_reader()
                 return
 
     def _pop(self) -> bytes:
@@ -146,8 +152,9 @@ class Outbound:
         else:
             frame = item.encode()
             self._bytes -= item.size
-        if self._bytes <= self._max_bytes:
-            self._writable.set()
+        if self._bytes <= self._max_bytes and self._room is not None:
+            self._room.set_result(None)
+            self._room = None
         return frame
 
     async def put(self, frame: bytes) -> None:
@@ -175,12 +182,11 @@ class Outbound:
         while not self._items:
             if self._closed:
                 raise OutboundClosed
-            self._readable.clear()
-            self._idle = True
+            self._reader = asyncio.get_running_loop().create_future()
             try:
-                await self._readable.wait()
+                await self._reader
             finally:
-                self._idle = False
+                self._reader = None
         return self._pop()
 
     def close(self) -> None:
@@ -188,5 +194,7 @@ class Outbound:
         self._closed = True
         self._items.clear()
         self._bytes = 0
-        self._readable.set()
-        self._writable.set()
+        self._wake_reader()
+        if self._room is not None:
+            self._room.set_result(None)
+            self._room = None
