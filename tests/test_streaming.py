@@ -205,13 +205,31 @@ class Burst(Module):
             yield str(i % 10)
 
 
-async def test_deltas_produced_in_one_tick_leave_as_one_frame() -> None:
-    """A burst of deltas is written as few frames (not one send per delta), text intact."""
+async def test_a_burst_of_deltas_sends_the_first_at_once_and_merges_the_rest() -> None:
+    """In one tick: the first delta leaves alone (latency), the rest merge; the text is intact."""
     async with gateway_server() as gw:
         register_module(gw.registry, Burst())
         async with raw_client(gw) as client:
             text, deltas, final = await client.stream("burst.burst", [200])
     assert text == "".join(str(i % 10) for i in range(200))
     assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert deltas[0]["text"] == "0"
     assert len(deltas) < 10
     assert final["result"] == {"finishReason": "stop"}
+
+
+async def test_a_stream_that_never_waits_does_not_hold_up_other_calls() -> None:
+    """A long burst yields to the loop in time slices: a later call is answered before it ends."""
+    async with gateway_server() as gw:
+        register_module(gw.registry, Burst())
+        async with raw_client(gw) as client:
+            await client.send(
+                {"jsonrpc": "2.0", "id": "burst", "method": "burst.burst", "params": [300_000]}
+            )
+            await client.send({"jsonrpc": "2.0", "id": "model", "method": "chat.getCurrentModel"})
+            order = []
+            while len(order) < 2:
+                frame = await client.recv()
+                if frame.get("id") in ("burst", "model"):
+                    order.append(frame["id"])
+    assert order == ["model", "burst"]

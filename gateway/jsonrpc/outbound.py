@@ -5,11 +5,11 @@ to that stream's frame still waiting in the queue, if there is one, instead
 of becoming a frame of its own: a fast reader gets one frame per delta, a
 lagging reader gets fewer, larger frames. ``seq`` is assigned when a frame
 leaves the queue, so it counts frames and stays contiguous whatever merging
-happened. While the writer task is idle, the queue is instead flushed once
-per loop tick straight to the transport (``write_now``) for as long as the
-transport takes frames without waiting: no task switch for a reader that
-keeps up, and deltas produced in one tick (an upstream burst) leave as one
-frame. A frame carries at most ``max_merge`` characters of merged text
+happened. While the writer task is idle, frames go straight to the
+transport (``write_now``) for as long as it takes them without waiting: the
+first frame of a loop tick at once, the rest of that tick (an upstream
+burst) merged and written at its end. No task switch for a reader that keeps
+up. A frame carries at most ``max_merge`` characters of merged text
 (a single larger delta still goes whole), so merging never makes a frame a
 client's websocket library would refuse. Producers wait while the queue
 holds more than ``max_bytes``, which bounds memory whatever the reader does.
@@ -113,11 +113,14 @@ class Outbound:
             raise OutboundClosed
 
     def _wake(self) -> None:
-        """Something was queued: flush it this loop tick, or wake the writer if it is busy."""
+        """Something was queued: write it now, or at the end of this tick, or wake the writer."""
         if self._reader is not None and self._write_now is not None:
             if not self._flush_scheduled:
+                # The first frame of a tick goes out at once (first-token latency); what
+                # follows in the same tick merges in the queue and goes out at its end.
+                self._write_queue()
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_soon(self._end_tick)
         else:
             self._wake_reader()
 
@@ -125,13 +128,12 @@ class Outbound:
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
 
-    def _flush(self) -> None:
-        """Write the queue straight to the transport while it takes frames without waiting.
-
-        Deltas produced in the same loop tick have merged in the queue by now,
-        so a burst from the upstream leaves as one frame.
-        """
+    def _end_tick(self) -> None:
         self._flush_scheduled = False
+        self._write_queue()
+
+    def _write_queue(self) -> None:
+        """Write the queue straight to the transport while it takes frames without waiting."""
         if self._closed or self._reader is None:
             return  # the writer is running: it drains the queue itself
         assert self._write_now is not None

@@ -40,6 +40,9 @@ Authorize = Callable[[MethodSpec], contextvars.Context]
 
 _NO_ID = object()
 
+TIME_SLICE = 0.005
+"""Seconds a stream may run without yielding to the loop."""
+
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
@@ -330,6 +333,8 @@ class RpcSession:
         agen = call.spec.fn(*args, **kwargs)
         stream = DeltaStream(encode_small(call.id))
         final: Any = None
+        loop = asyncio.get_running_loop()
+        slice_start = loop.time()
         try:
             try:
                 async for item in agen:
@@ -337,6 +342,11 @@ class RpcSession:
                         final = item.result
                         break
                     await self.outbound.put_delta(stream, item)
+                    # A generator that never waits (an upstream burst already buffered)
+                    # must not hold the loop: let others run every few milliseconds.
+                    if loop.time() - slice_start > TIME_SLICE:
+                        await asyncio.sleep(0)
+                        slice_start = loop.time()
             except asyncio.CancelledError:
                 if self._closing or not call.cancel_requested:
                     raise
