@@ -90,8 +90,8 @@ class RawClient:
         async with asyncio.timeout(timeout):
             return json.loads(await self.ws.recv())
 
-    async def call(self, method: str, params: Any = None, *, id: Any = None) -> dict[str, Any]:
-        """Send a request and return its response, skipping notifications."""
+    async def request(self, method: str, params: Any = None, *, id: Any = None) -> Any:
+        """Send a request (with the next free integer id unless given); return its id."""
         if id is None:
             self._next_id += 1
             id = self._next_id
@@ -99,6 +99,11 @@ class RawClient:
         if params is not None:
             message["params"] = params
         await self.send(message)
+        return id
+
+    async def call(self, method: str, params: Any = None, *, id: Any = None) -> dict[str, Any]:
+        """Send a request and return its response, skipping notifications."""
+        id = await self.request(method, params, id=id)
         while True:
             frame = await self.recv()
             if isinstance(frame, dict) and frame.get("id") == id and "method" not in frame:
@@ -108,13 +113,7 @@ class RawClient:
         self, method: str, params: Any = None, *, id: Any = None
     ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
         """Call a streaming method: (joined text, delta params, final response)."""
-        if id is None:
-            self._next_id += 1
-            id = self._next_id
-        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
-        if params is not None:
-            message["params"] = params
-        await self.send(message)
+        id = await self.request(method, params, id=id)
         deltas = []
         while True:
             frame = await self.recv()

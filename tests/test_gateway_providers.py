@@ -55,6 +55,11 @@ async def _final(client: RawClient, id_: Any) -> dict[str, Any]:
             return frame
 
 
+async def _first_delta(client: RawClient, id_: Any) -> None:
+    frame = await client.recv()
+    assert frame["method"] == "stream.delta" and frame["params"]["id"] == id_
+
+
 STREAMING_CALLS = [
     ("chat.postChat", {"message": "hi"}),
     ("chat.chatWithHistory", {"message": "hi", "history": [{"role": "user", "content": "a"}]}),
@@ -239,10 +244,7 @@ async def test_rpc_cancel_closes_the_upstream_stream(provider: str) -> None:
     async with FAKES[provider](default=slow) as fake:
         async with provider_gateway(fake, models=(fake.model_config("up"),)) as gw:
             async with raw_client(gw) as client:
-                await client.send(
-                    {"jsonrpc": "2.0", "id": 1, "method": "chat.postChat", "params": ["hi"]}
-                )
-                assert (await client.recv())["method"] == "stream.delta"
+                await _first_delta(client, await client.request("chat.postChat", ["hi"]))
                 await client.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": 1}})
                 final = await _final(client, 1)
                 record = await fake.finished()
@@ -258,10 +260,7 @@ async def test_a_client_disconnect_closes_the_upstream_stream(provider: str) -> 
     async with FAKES[provider](default=slow) as fake:
         async with provider_gateway(fake, models=(fake.model_config("up"),)) as gw:
             async with raw_client(gw) as client:
-                await client.send(
-                    {"jsonrpc": "2.0", "id": 1, "method": "chat.postChat", "params": ["hi"]}
-                )
-                assert (await client.recv())["method"] == "stream.delta"
+                await _first_delta(client, await client.request("chat.postChat", ["hi"]))
             record = await fake.finished()
     assert record.disconnected and not record.completed
 
