@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import signal
+import weakref
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -84,7 +85,11 @@ class Gateway:
             flood_limit=limits.flood_close_after,
         )
         self.user_connections: Counter[str] = Counter()
-        self.pending_identities: dict[Any, Identity] = {}
+        self.pending_identities: weakref.WeakKeyDictionary[ServerConnection, Identity] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Identities from handshake headers, until the handler takes them (weak: a
+        handshake that fails after the headers were checked leaves nothing behind)."""
         self.connections: set[Connection] = set()
         self._server: Server | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -110,7 +115,7 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = Connection(self, ws)
-        identity = self.pending_identities.pop(ws.id, None)
+        identity = self.pending_identities.pop(ws, None)
         if len(self.connections) >= self.config.server.max_connections:
             await ws.close(CloseCode.TRY_AGAIN_LATER, "server at connection limit")
             return

@@ -85,7 +85,7 @@ class HttpRoutes:
             identity = self._gateway.authenticator.authenticate(token.strip())
         except GatewayError as exc:
             return _json(HTTPStatus.UNAUTHORIZED, {"error": exc.to_error()})
-        self._gateway.pending_identities[connection.id] = identity
+        self._gateway.pending_identities[connection] = identity
         return None
 
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
