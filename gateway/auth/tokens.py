@@ -40,11 +40,6 @@ class Authenticator:
         self._secret = config.jwt_secret
         self._issuer = config.jwt_issuer
 
-    @property
-    def has_credentials(self) -> bool:
-        """Whether any way to log in is configured."""
-        return bool(self._keys) or bool(self._secret)
-
     def authenticate(self, token: object) -> Identity:
         """The identity behind ``token``; raises Unauthenticated or TokenExpired."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
