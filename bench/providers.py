@@ -74,11 +74,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
+from procstat import proc_cpu, proc_sys, system_busy
 
 SCRIPT = Path(__file__).resolve()
 HERE = SCRIPT.parent
 ROOT = HERE.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOKEN = "tok "
 UPSTREAM_MODEL = "bench-model"
 KEY_ENV = "BENCH_OPENAI_API_KEY"
@@ -292,30 +292,8 @@ def kill_all() -> None:
                 proc.wait(5)
 
 
-def proc_sys(pid: int) -> float:
-    """stime of ``pid`` in seconds (on loopback it includes the receiver's TCP work)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return int(fields[12]) / CLK_TCK
-
-
 def self_sys() -> float:
     return os.times().system
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (from /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def system_busy() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores)."""
-    with open("/proc/stat") as fh:
-        parts = fh.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 class Background:

@@ -36,8 +36,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import load as loadlib  # noqa: E402
+from procstat import proc_cpu, proc_rss_kb, system_busy  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 KINDS = ("raw", "gateway")
 FAST, PACED = "offline-fast", "offline-paced20"
@@ -80,29 +80,6 @@ def _kill_all() -> None:
 
 
 atexit.register(_kill_all)
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (from /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def system_busy() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores)."""
-    with open("/proc/stat") as fh:
-        parts = fh.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 class Quiet:

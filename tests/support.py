@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from gateway.config import (
     Config,
@@ -19,7 +20,7 @@ from gateway.config import (
 )
 from gateway.server.app import Gateway
 
-__all__ = ["TEST_JWT_SECRET", "RawClient", "gateway_server", "raw_client"]
+__all__ = ["TEST_JWT_SECRET", "RawClient", "gateway_server", "raw_client", "until_closed"]
 
 TIMEOUT = 10.0
 TEST_JWT_SECRET = "test-secret-for-signing-tokens-0123456789"
@@ -135,3 +136,15 @@ async def raw_client(
         yield RawClient(ws)
     finally:
         await ws.close()
+
+
+async def until_closed(client: RawClient) -> tuple[list[Any], int | None]:
+    """Every frame the server still sends, and the close code it ends with."""
+    frames = []
+    async with asyncio.timeout(TIMEOUT):
+        try:
+            while True:
+                frames.append(json.loads(await client.ws.recv()))
+        except ConnectionClosed:
+            pass
+    return frames, client.ws.close_code

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from gateway.auth.tokens import mint_token
 from gateway.config import ConfigError, load_config
 from gateway.server.app import Gateway
-from tests.support import RawClient, gateway_server, raw_client
+from tests.support import RawClient, gateway_server, raw_client, until_closed
 
 TIMEOUT = 10.0
 SECRET = "test-secret-long-enough-for-hs256-0123456789"
@@ -42,18 +42,6 @@ def expired_jwt(user: str = "carol") -> str:
 
 async def login(client: RawClient, token: Any) -> dict[str, Any]:
     return await client.call("auth.login", {"token": token})
-
-
-async def until_closed(client: RawClient) -> tuple[list[Any], int | None]:
-    """Every frame the server still sends, and the close code it ends with."""
-    frames = []
-    async with asyncio.timeout(TIMEOUT):
-        try:
-            while True:
-                frames.append(json.loads(await client.ws.recv()))
-        except ConnectionClosed:
-            pass
-    return frames, client.ws.close_code
 
 
 async def refused_handshake(

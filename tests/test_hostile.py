@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.server.app import Gateway
-from tests.support import RawClient, gateway_server, raw_client
+from tests.support import RawClient, gateway_server, raw_client, until_closed
 
 TIMEOUT = 10.0
 
@@ -32,18 +32,6 @@ async def hostile_setting(**overrides: Any) -> AsyncIterator[Gateway]:
         assert (await bystander.call("chat.getCurrentModel"))["result"]["name"] == "offline"
         async with raw_client(gw, "tok-bob") as newcomer:
             assert (await newcomer.call("auth.whoami"))["result"]["user"]["id"] == "bob"
-
-
-async def until_closed(client: RawClient) -> tuple[list[Any], int | None]:
-    """Every frame the server still sends, and the close code it ends with."""
-    frames = []
-    async with asyncio.timeout(TIMEOUT):
-        try:
-            while True:
-                frames.append(json.loads(await client.ws.recv()))
-        except ConnectionClosed:
-            pass
-    return frames, client.ws.close_code
 
 
 async def send_all(client: RawClient, messages: list[Any]) -> None:
