@@ -708,57 +708,58 @@ def report(res: dict[str, Any], plan: Plan) -> str:
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
+    def add(
+        label: str,
+        raw: dict[str, Any],
+        gw: dict[str, Any],
+        key: str,
+        digits: int = 0,
+        *,
+        compare: bool = False,
+        target: str = "",
+    ) -> None:
+        cmp = _f(ratio(gw[key], raw[key]), 2) if compare else ""
+        rows.append((label, _f(raw[key], digits), _f(gw[key], digits), cmp, target))
+
+    def add_cores(label: str, raw: dict[str, Any], gw: dict[str, Any]) -> None:
+        def cores(r: dict[str, Any]) -> str:
+            return f"{r['server_cores']:.2f}/{r['client_cores']:.2f}/{r['other_cores']:.2f}"
+
+        rows.append((label, cores(raw), cores(gw), "", ""))
+
     if "a" in res:
-        a = res["a"]
-        raw, gw = a["raw"], a["gateway"]
+        raw, gw = res["a"]["raw"], res["a"]["gateway"]
         rt = ratio(gw["frames_per_s"], raw["frames_per_s"])
-        rows.append(
-            (
-                f"(a) frames/s, {plan.a_conns} conns",
-                _f(raw["frames_per_s"]),
-                _f(gw["frames_per_s"]),
-                _f(rt, 2),
-                f">= 0.60  {verdict(rt >= 0.6)}",
-            )
+        target = f">= 0.60  {verdict(rt >= 0.6)}"
+        add(
+            f"(a) frames/s, {plan.a_conns} conns",
+            raw,
+            gw,
+            "frames_per_s",
+            compare=True,
+            target=target,
         )
         rw = ratio(gw["words_per_s"], raw["words_per_s"])
-        rows.append(
-            (
-                "(a) words/s (tokens)",
-                _f(raw["words_per_s"]),
-                _f(gw["words_per_s"]),
-                _f(rw, 2),
-                f">= 0.60  {verdict(rw >= 0.6)}",
-            )
+        add(
+            "(a) words/s (tokens)",
+            raw,
+            gw,
+            "words_per_s",
+            compare=True,
+            target=f">= 0.60  {verdict(rw >= 0.6)}",
         )
         rc = ratio(gw["cpu_us_per_frame"], raw["cpu_us_per_frame"])
-        rows.append(
-            (
-                "(a) server CPU us/frame",
-                _f(raw["cpu_us_per_frame"], 1),
-                _f(gw["cpu_us_per_frame"], 1),
-                _f(rc, 2),
-                f"<= 1.67  {verdict(rc <= 1 / 0.6)}",
-            )
+        add(
+            "(a) server CPU us/frame",
+            raw,
+            gw,
+            "cpu_us_per_frame",
+            1,
+            compare=True,
+            target=f"<= 1.67  {verdict(rc <= 1 / 0.6)}",
         )
-        rows.append(
-            (
-                "(a) server CPU us/word",
-                _f(raw["cpu_us_per_word"], 1),
-                _f(gw["cpu_us_per_word"], 1),
-                _f(ratio(gw["cpu_us_per_word"], raw["cpu_us_per_word"]), 2),
-                "",
-            )
-        )
-        rows.append(
-            (
-                "(a) server/clients/other cores",
-                f"{raw['server_cores']:.2f}/{raw['client_cores']:.2f}/{raw['other_cores']:.2f}",
-                f"{gw['server_cores']:.2f}/{gw['client_cores']:.2f}/{gw['other_cores']:.2f}",
-                "",
-                "",
-            )
-        )
+        add("(a) server CPU us/word", raw, gw, "cpu_us_per_word", 1, compare=True)
+        add_cores("(a) server/clients/other cores", raw, gw)
     if "bd" in res:
         for n in plan.bd_counts:
             raw, gw = res["bd"].get(f"raw/{n}"), res["bd"].get(f"gateway/{n}")
@@ -770,35 +771,18 @@ def report(res: dict[str, Any], plan: Plan) -> str:
                 if n >= 5000
                 else (f"(p99<50ms, 100%: {verdict(ok)})")
             )
-            for q in ("50", "99"):
-                key = f"late_p{q}_ms"
-                rows.append(
-                    (
-                        f"(b) {n} streams p{q} lateness ms",
-                        _f(raw[key], 1),
-                        _f(gw[key], 1),
-                        _f(ratio(gw[key], raw[key]), 2),
-                        target if q == "99" else "",
-                    )
-                )
-            rows.append(
-                (
-                    f"(b) {n} streams gap excess p99 ms",
-                    _f(raw["gap_p99_ms"], 1),
-                    _f(gw["gap_p99_ms"], 1),
-                    "",
-                    "",
-                )
+            add(f"(b) {n} streams p50 lateness ms", raw, gw, "late_p50_ms", 1, compare=True)
+            add(
+                f"(b) {n} streams p99 lateness ms",
+                raw,
+                gw,
+                "late_p99_ms",
+                1,
+                compare=True,
+                target=target,
             )
-            rows.append(
-                (
-                    f"(b) {n} streams delivered %",
-                    _f(raw["delivered_pct"], 2),
-                    _f(gw["delivered_pct"], 2),
-                    "",
-                    "",
-                )
-            )
+            add(f"(b) {n} streams gap excess p99 ms", raw, gw, "gap_p99_ms", 1)
+            add(f"(b) {n} streams delivered %", raw, gw, "delivered_pct", 2)
             rows.append(
                 (
                     f"(b) {n} streams TTFT p50/p99 ms",
@@ -808,62 +792,37 @@ def report(res: dict[str, Any], plan: Plan) -> str:
                     "",
                 )
             )
-            rows.append(
-                (
-                    f"(b) {n} streams words/frame",
-                    _f(raw["words_per_frame"], 2),
-                    _f(gw["words_per_frame"], 2),
-                    "",
-                    "",
-                )
-            )
-            rows.append(
-                (
-                    f"(b) {n} server/clients/other cores",
-                    f"{raw['server_cores']:.2f}/{raw['client_cores']:.2f}/{raw['other_cores']:.2f}",
-                    f"{gw['server_cores']:.2f}/{gw['client_cores']:.2f}/{gw['other_cores']:.2f}",
-                    "",
-                    "",
-                )
-            )
+            add(f"(b) {n} streams words/frame", raw, gw, "words_per_frame", 2)
+            add_cores(f"(b) {n} server/clients/other cores", raw, gw)
     if "c" in res:
         for clients in plan.c_clients:
             raw, gw = res["c"].get(f"raw/{clients}"), res["c"].get(f"gateway/{clients}")
             if not raw or not gw:
                 continue
             rt = ratio(gw["calls_per_s"], raw["calls_per_s"])
-            rows.append(
-                (
-                    f"(c) round trips/s, {clients} client(s)",
-                    _f(raw["calls_per_s"]),
-                    _f(gw["calls_per_s"]),
-                    _f(rt, 2),
-                    f">= 0.60  {verdict(rt >= 0.6)}",
-                )
+            add(
+                f"(c) round trips/s, {clients} client(s)",
+                raw,
+                gw,
+                "calls_per_s",
+                compare=True,
+                target=f">= 0.60  {verdict(rt >= 0.6)}",
             )
-            rows.append(
-                (
-                    f"(c) server CPU us/call, {clients}",
-                    _f(raw["cpu_us_per_call"], 1),
-                    _f(gw["cpu_us_per_call"], 1),
-                    _f(ratio(gw["cpu_us_per_call"], raw["cpu_us_per_call"]), 2),
-                    "",
-                )
-            )
+            add(f"(c) server CPU us/call, {clients}", raw, gw, "cpu_us_per_call", 1, compare=True)
     if "bd" in res:
         for n in plan.bd_counts:
             raw, gw = res["bd"].get(f"raw/{n}"), res["bd"].get(f"gateway/{n}")
             if not raw or not gw:
                 continue
             rt = ratio(gw["kb_per_conn"], raw["kb_per_conn"])
-            rows.append(
-                (
-                    f"(d) RSS KiB per idle conn, {n}",
-                    _f(raw["kb_per_conn"], 1),
-                    _f(gw["kb_per_conn"], 1),
-                    _f(rt, 2),
-                    f"<= 1.30  {verdict(rt <= 1.3)}",
-                )
+            add(
+                f"(d) RSS KiB per idle conn, {n}",
+                raw,
+                gw,
+                "kb_per_conn",
+                1,
+                compare=True,
+                target=f"<= 1.30  {verdict(rt <= 1.3)}",
             )
     head = ("measure", "raw", "gateway", "gw/raw", "target")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
