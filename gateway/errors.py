@@ -24,7 +24,8 @@ no detail on the wire.
         ├── UpstreamRateLimited     -32012  (data.retryAfter)
         ├── UpstreamUnavailable     -32013
         ├── UpstreamTimeout         -32014
-        └── UpstreamProtocolError   -32015
+        ├── UpstreamProtocolError   -32015
+        └── UpstreamPoolTimeout     -32016  (data.limit "maxConnections", data.max)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "Unauthenticated",
     "UpstreamAuthError",
     "UpstreamError",
+    "UpstreamPoolTimeout",
     "UpstreamProtocolError",
     "UpstreamRateLimited",
     "UpstreamTimeout",
@@ -95,6 +97,8 @@ class ErrorCode(IntEnum):
     """The provider did not answer in time."""
     UPSTREAM_PROTOCOL = -32015
     """The provider sent a stream the gateway could not understand."""
+    UPSTREAM_POOL_TIMEOUT = -32016
+    """All of the model's upstream connections (``max_connections``) stayed busy too long."""
 
 
 class GatewayError(Exception):
@@ -231,3 +235,12 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     code = ErrorCode.UPSTREAM_PROTOCOL
     default_message = "The model provider sent a malformed stream"
+
+
+class UpstreamPoolTimeout(UpstreamError):
+    """The model's connection pool stayed full for its ``pool_timeout``: the gateway is
+    saturated on that model (nothing was sent upstream). Retryable, so failover applies."""
+
+    code = ErrorCode.UPSTREAM_POOL_TIMEOUT
+    default_message = "All connections to the model provider are busy; retry later"
+    retryable = True

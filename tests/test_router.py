@@ -48,7 +48,7 @@ async def routing(fake: FakeServer, **overrides: object) -> AsyncIterator[ModelR
 
 
 async def read(stream: RoutedStream) -> str:
-    return "".join(await collect(stream))
+    return "".join(chunk.text for chunk in await collect(stream))
 
 
 # Building and describing
@@ -194,9 +194,9 @@ async def test_no_failover_after_the_first_token(fake: FakeServer) -> None:
         stream = router.open("remote", REQUEST)
         with pytest.raises(UpstreamUnavailable):
             async with asyncio.timeout(5):
-                async for text in stream:
-                    received.append(text)
-    assert received == ["par", "tial"]
+                async for chunk in stream:
+                    received.append(chunk.text)
+    assert "".join(received) == "partial"
     assert stream.result is None
     assert stream.model == "remote"
     partial = stream.partial_usage()
@@ -254,7 +254,7 @@ async def test_aclose_of_a_routed_stream_closes_the_upstream(fake: FakeServer) -
     async with routing(fake) as router:
         stream = router.open("remote", REQUEST)
         async with asyncio.timeout(5):
-            assert await anext(stream) == "Hello"
+            assert (await anext(stream)).text == "Hello"
             await stream.aclose()
         record = await fake.finished()
     assert record.disconnected
@@ -282,9 +282,9 @@ async def test_cancelling_the_reading_task_closes_the_upstream(fake: FakeServer)
         seen: list[str] = []
 
         async def consume() -> None:
-            async for text in stream:
-                seen.append(text)
-                if len(seen) == 2:
+            async for chunk in stream:
+                seen.append(chunk.text)
+                if "".join(seen) == "Hello, world":
                     second.set()
 
         task = asyncio.create_task(consume())
@@ -295,7 +295,7 @@ async def test_cancelling_the_reading_task_closes_the_upstream(fake: FakeServer)
                 await task
         record = await fake.finished()
     assert record.disconnected
-    assert seen == ["Hello", ", world"]
+    assert "".join(seen) == "Hello, world"
 
 
 async def test_cancelling_before_the_first_token_closes_the_upstream(fake: FakeServer) -> None:

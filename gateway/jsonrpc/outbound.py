@@ -13,6 +13,12 @@ up. A frame carries at most ``max_merge`` characters of merged text
 (a single larger delta still goes whole), so merging never makes a frame a
 client's websocket library would refuse. Producers wait while the queue
 holds more than ``max_bytes``, which bounds memory whatever the reader does.
+
+A delta is answer text (``"text"``) or, when it is a
+:class:`~gateway.jsonrpc.registry.Reasoning`, reasoning (``"reasoning"``).
+Only consecutive deltas of one kind merge: a reasoning delta after text
+starts a frame of its own, and so does text after reasoning, so the two are
+never mixed and keep their order.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from collections import deque
 from collections.abc import Callable
 
 import orjson
+
+from gateway.jsonrpc.registry import Reasoning
 
 __all__ = ["DeltaStream", "Outbound", "OutboundClosed"]
 
@@ -45,13 +53,18 @@ class DeltaStream:
         self.pending: _Delta | None = None
 
 
-class _Delta:
-    __slots__ = ("parts", "size", "stream")
+_TEXT = b',"text":'
+_REASONING = b',"reasoning":'
 
-    def __init__(self, stream: DeltaStream, text: str) -> None:
+
+class _Delta:
+    __slots__ = ("key", "parts", "size", "stream")
+
+    def __init__(self, stream: DeltaStream, text: str, key: bytes) -> None:
         self.stream = stream
         self.parts = [text]
         self.size = 64 + len(text)
+        self.key = key
 
     def encode(self) -> bytes:
         stream = self.stream
@@ -67,7 +80,7 @@ class _Delta:
                 stream.id_json,
                 b',"seq":',
                 str(seq).encode(),
-                b',"text":',
+                self.key,
                 orjson.dumps(text),
                 b"}}",
             )
@@ -166,15 +179,22 @@ class Outbound:
         self._wake()
 
     async def put_delta(self, stream: DeltaStream, text: str) -> None:
+        """Queue ``text`` (a :class:`Reasoning` is reasoning), merged into the stream's
+        waiting frame of the same kind if it directly precedes."""
         await self._wait_for_room()
+        key = _TEXT if type(text) is str else _REASONING if isinstance(text, Reasoning) else _TEXT
         pending = stream.pending
-        if pending is not None and pending.size + len(text) <= self._max_merge:
+        if (
+            pending is not None
+            and pending.key is key
+            and pending.size + len(text) <= self._max_merge
+        ):
             pending.parts.append(text)
             pending.size += len(text)
             self._bytes += len(text)
             self.merged += 1
         else:
-            pending = stream.pending = _Delta(stream, text)
+            pending = stream.pending = _Delta(stream, text, key)
             self._items.append(pending)
             self._bytes += pending.size
         self._wake()

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.errors import InvalidParams
 
-__all__ = ["Final", "MethodSpec", "Registry"]
+__all__ = ["Final", "MethodSpec", "Reasoning", "Registry"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 
@@ -28,6 +28,13 @@ class Final:
     """Yielded last by a streaming method: the ``result`` of its JSON-RPC response."""
 
     result: Any
+
+
+class Reasoning(str):
+    """Yielded by a streaming method: reasoning text, sent as a ``stream.delta`` whose params
+    carry ``"reasoning"`` instead of ``"text"`` (and never merged with answer text)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from gateway.errors import (
     ModelUnavailable,
     UpstreamError,
 )
-from gateway.jsonrpc.registry import Final
+from gateway.jsonrpc.registry import Final, Reasoning
 from gateway.modules.base import exposed
 from gateway.modules.llm import LLMModule
 from gateway.providers.base import ChatRequest, Message, Usage
@@ -80,6 +80,16 @@ class ChatModule(LLMModule):
     async def chat_with_history(self, message: str, history: list) -> AsyncIterator[str | Final]:
         """Stream an answer to a message that follows ``history`` ([{role, content}])."""
         async for piece in self._chat(self._message(message), self._history(history)):
+            yield piece
+
+    @exposed("chatWithReasoning")
+    async def chat_with_reasoning(
+        self, message: str, history: list | None = None
+    ) -> AsyncIterator[str | Final]:
+        """Like chatWithHistory (``history`` optional), and the model's reasoning streams too,
+        as ``stream.delta`` frames carrying ``reasoning`` instead of ``text``."""
+        turns = self._history(history or [])
+        async for piece in self._chat(self._message(message), turns, reasoning=True):
             yield piece
 
     @exposed("postChatWithHistoryAndUser")
@@ -258,7 +268,10 @@ class ChatModule(LLMModule):
         system: str = DEFAULT_SYSTEM_PROMPT,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        reasoning: bool = False,
     ) -> AsyncIterator[str | Final]:
+        """The answer's text pieces (and with ``reasoning``, its reasoning as
+        :class:`Reasoning` pieces; without, reasoning is only counted), then its Final."""
         user = current_user()
         if self.budget is not None:
             self.budget.check(user)
@@ -272,9 +285,13 @@ class ChatModule(LLMModule):
             stream = self.router.open(model, request)
             streamed = False
             try:
-                async for text in stream:
-                    streamed = True
-                    yield text
+                async for chunk in stream:
+                    if chunk.text:
+                        streamed = True
+                        yield chunk.text
+                    elif reasoning:
+                        streamed = True
+                        yield Reasoning(chunk.reasoning)
             except asyncio.CancelledError:
                 # A cancel (rpc.cancel) lands here: report what was produced so far.
                 yield Final(await self._finish(user, stream, "cancelled"))

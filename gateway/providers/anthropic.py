@@ -1,8 +1,13 @@
-"""Anthropic models over the official SDK (``messages.create(stream=True)``).
+"""Anthropic models over the official SDK: a streamed ``POST /v1/messages``.
 
-One ``anthropic.AsyncAnthropic`` client per model with the transport of
-:mod:`gateway.providers` (``max_retries=0``: the router fails over instead).
-The base URL is always passed, so ``ANTHROPIC_BASE_URL`` in the gateway's
+One ``anthropic.AsyncAnthropic`` client per model on the SDK's aiohttp
+transport with the limits of :mod:`gateway.providers` (``max_retries=0``: the
+router fails over instead). The SDK builds and sends each request (base
+URL, ``x-api-key`` and ``anthropic-version`` headers, timeouts) and turns
+error statuses into its exception classes, through its raw-request API
+(``client.post(..., cast_to=httpx2.Response, stream=True)``); the gateway
+reads the event stream itself with orjson, as the OpenAI provider does. The
+base URL is always passed, so ``ANTHROPIC_BASE_URL`` in the gateway's
 environment cannot redirect a model.
 
 Mapping a :class:`ChatRequest` onto the Messages API:
@@ -15,36 +20,31 @@ Mapping a :class:`ChatRequest` onto the Messages API:
 - temperature is sent in the body only when asked for (SDK 2.x names no such
   argument); other ``params`` are added to the body unchanged.
 
-Usage: ``input_tokens`` (plus cache reads/writes) from ``message_start``,
-``output_tokens`` (cumulative) from ``message_delta``. A stream is complete
-only after ``message_stop``.
+Events: ``text_delta`` is answer text; ``thinking_delta`` (extended thinking,
+enabled with ``params.thinking``) is reasoning, yielded as separate chunks;
+signatures, citations and tool input are skipped. Usage: ``input_tokens``
+(plus cache reads/writes) from ``message_start``, ``output_tokens``
+(cumulative, thinking included) from ``message_delta``. A stream is complete
+only after ``message_stop``; ``event: error`` inside it is classified by its
+``error.type``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import anthropic
-from anthropic.types import (
-    MessageParam,
-    RawContentBlockDeltaEvent,
-    RawMessageDeltaEvent,
-    RawMessageStartEvent,
-    RawMessageStopEvent,
-    RawMessageStreamEvent,
-    TextDelta,
-)
+import httpx2
+import orjson
 
 from gateway.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.providers import (
+    Slots,
     extra_params,
     http_client,
     output_limit,
@@ -58,27 +58,31 @@ from gateway.providers.errors import (
     Upstream,
     ended_early,
     from_status,
+    from_timeout,
     make,
     map_exceptions,
+    stream_error,
 )
+from gateway.providers.sse import EventSplitter
 
 __all__ = ["ANTHROPIC_BASE_URL", "OPENING_PLACEHOLDER", "AnthropicProvider", "to_messages"]
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+PATH = "/v1/messages"
 OPENING_PLACEHOLDER = "(conversation start)"
 """The user turn put before a conversation that opens with the assistant."""
 
 _ERRORS: dict[type[BaseException], Target] = {
-    anthropic.APITimeoutError: UpstreamTimeout,
+    anthropic.APITimeoutError: from_timeout,
     anthropic.APIConnectionError: UpstreamUnavailable,
     anthropic.APIResponseValidationError: UpstreamProtocolError,
-    # Also an ``event: error`` inside the stream (status 200): classified by error.type.
     anthropic.APIStatusError: from_status,
     **TRANSPORT,
     anthropic.AnthropicError: UpstreamError,
 }
 
 _LENGTH_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
+_JSON = {"Content-Type": "application/json"}
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -86,7 +90,7 @@ def finish_reason(stop_reason: str | None) -> str:
     return "length" if stop_reason in _LENGTH_REASONS else "stop"
 
 
-def to_messages(messages: tuple[Message, ...]) -> tuple[str, list[MessageParam]]:
+def to_messages(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, str]]]:
     """``system`` text and alternating turns, starting with the user's."""
     system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
     turns: list[dict[str, str]] = []
@@ -99,7 +103,7 @@ def to_messages(messages: tuple[Message, ...]) -> tuple[str, list[MessageParam]]
             turns.append({"role": m.role, "content": m.content})
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": OPENING_PLACEHOLDER})
-    return system, cast(list[MessageParam], turns)
+    return system, turns
 
 
 class AnthropicProvider:
@@ -113,54 +117,62 @@ class AnthropicProvider:
             base_url=config.base_url or ANTHROPIC_BASE_URL,
             max_retries=0,
             timeout=timeout(config),
-            http_client=http_client(config),
+            http_client=http_client(config, anthropic.DefaultAioHttpClient),
         )
+        self._slots = Slots(config)
+        self._extra = extra_params(config)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
-        """The keyword arguments of ``messages.create`` for ``request``."""
+        """The JSON body of the messages request for ``request``."""
+        config = self.config
         system, messages = to_messages(request.messages)
         body: dict[str, Any] = {
-            "model": self.config.model,
+            "model": config.model,
             "messages": messages,
-            "max_tokens": output_limit(self.config, request),
+            "max_tokens": output_limit(config, request),
             "stream": True,
         }
         if system:
             body["system"] = system
-        extra = extra_params(self.config)
-        temperature = sampling_temperature(self.config, request)
+        temperature = sampling_temperature(config, request)
         if temperature is not None:
-            extra["temperature"] = temperature
-        if extra:
-            body["extra_body"] = extra
+            body["temperature"] = temperature
+        if self._extra:
+            body.update(self._extra)
         return body
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         guard = self._guard
-        with guard:
-            response = cast(
-                "anthropic.AsyncStream[RawMessageStreamEvent]",
-                await self._client.messages.create(**self.body(request)),
-            )
-        tally = _Tally()
+        content = orjson.dumps(self.body(request))
+        await self._slots.acquire()
         try:
-            while True:  # To the end of the body, so the connection can be reused.
-                with guard:
-                    try:
-                        event = await anext(response)
-                    except StopAsyncIteration:
-                        break
-                try:
-                    text = tally.read(event)
-                except (AttributeError, TypeError, ValueError):
-                    # The SDK builds events without validation: a wrong shape shows up here.
-                    raise make(UpstreamProtocolError, guard.upstream) from None
-                if text:
-                    yield Chunk(text=text)
+            with guard:
+                response = await self._client.post(
+                    PATH,
+                    cast_to=httpx2.Response,
+                    content=content,
+                    options={"headers": _JSON},
+                    stream=True,
+                )
+            try:
+                tally = _Tally(guard.upstream)
+                body = response.aiter_bytes()
+                while True:  # To the end of the body, so the connection can be reused.
+                    with guard:
+                        try:
+                            data = await anext(body)
+                        except StopAsyncIteration:
+                            break
+                    for chunk in tally.read(data):
+                        yield chunk
+                    if tally.failure is not None:
+                        raise tally.failure
+            finally:
+                # Closing an unfinished response drops the connection: the upstream stops
+                # generating. A finished one goes back to the pool for the next request.
+                await response.aclose()
         finally:
-            # Closing an unfinished response drops the connection: the upstream stops generating.
-            with contextlib.suppress(Exception):
-                await response.close()
+            self._slots.release()
         if not tally.stopped:
             raise ended_early(guard.upstream)
         yield Chunk(usage=tally.usage(), finish_reason=finish_reason(tally.stop_reason))
@@ -169,29 +181,82 @@ class AnthropicProvider:
         await self._client.close()
 
 
-@dataclass(slots=True)
 class _Tally:
     """What a message stream has said so far, besides its text."""
 
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    stop_reason: str | None = None
-    stopped: bool = False
+    __slots__ = (
+        "_events",
+        "_upstream",
+        "failure",
+        "output_tokens",
+        "prompt_tokens",
+        "stop_reason",
+        "stopped",
+    )
 
-    def read(self, event: RawMessageStreamEvent) -> str:
-        """Take in one event; its text, if it carries any."""
-        if isinstance(event, RawContentBlockDeltaEvent):
-            return event.delta.text if isinstance(event.delta, TextDelta) else ""
-        if isinstance(event, RawMessageStartEvent):
-            self.prompt_tokens = _input_tokens(event.message.usage)
-            self.output_tokens = int(event.message.usage.output_tokens)
-        elif isinstance(event, RawMessageDeltaEvent):
-            self.stop_reason = event.delta.stop_reason or self.stop_reason
-            self.output_tokens = int(event.usage.output_tokens)
-            self.prompt_tokens = _input_tokens(event.usage) or self.prompt_tokens
-        elif isinstance(event, RawMessageStopEvent):
-            self.stopped = True
-        return ""
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+        self._events = EventSplitter()
+        self.prompt_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.stop_reason: str | None = None
+        self.stopped = False
+        self.failure: UpstreamError | None = None
+
+    def read(self, data: bytes) -> list[Chunk]:
+        """Take in the events ``data`` completes; their text and reasoning, one chunk per run
+        of one kind, in order. An error event or a malformed one ends the list and is left in
+        :attr:`failure`."""
+        chunks: list[Chunk] = []
+        parts: list[str] = []
+        thinking = False  # the kind of ``parts``
+        try:
+            for _, payload in self._events.feed(data):
+                event = orjson.loads(payload)
+                kind = event["type"]
+                if kind == "content_block_delta":
+                    delta = event["delta"]
+                    if delta["type"] == "text_delta":
+                        piece, is_thinking = delta["text"], False
+                    elif delta["type"] == "thinking_delta":
+                        piece, is_thinking = delta["thinking"], True
+                    else:
+                        continue  # signature, citations, tool input
+                    if not piece:
+                        continue
+                    if is_thinking is not thinking and parts:
+                        joined = "".join(parts)
+                        chunks.append(Chunk(reasoning=joined) if thinking else Chunk(text=joined))
+                        parts = []
+                    thinking = is_thinking
+                    parts.append(piece)
+                elif kind == "message_start":
+                    usage = event["message"]["usage"]
+                    self.prompt_tokens = _input_tokens(usage)
+                    self.output_tokens = int(usage.get("output_tokens") or 0)
+                elif kind == "message_delta":
+                    self.stop_reason = event["delta"].get("stop_reason") or self.stop_reason
+                    usage = event.get("usage") or {}
+                    if usage.get("output_tokens") is not None:
+                        self.output_tokens = int(usage["output_tokens"])
+                    self.prompt_tokens = _input_tokens(usage) or self.prompt_tokens
+                elif kind == "message_stop":
+                    self.stopped = True
+                elif kind == "error":
+                    raise stream_error(event, self._upstream)
+            if parts:
+                joined = "".join(parts)
+                chunks.append(Chunk(reasoning=joined) if thinking else Chunk(text=joined))
+        except UpstreamError as exc:
+            self.failure = exc
+        except (AttributeError, TypeError, ValueError, KeyError):
+            # Not JSON (orjson.JSONDecodeError is a ValueError), or not the expected shape.
+            self.failure = make(UpstreamProtocolError, self._upstream)
+        if self.failure is not None and parts:
+            # What came before the bad event still reaches the user, then the error.
+            joined = "".join(parts)
+            chunks.append(Chunk(reasoning=joined) if thinking else Chunk(text=joined))
+        return chunks
 
     def usage(self) -> Usage | None:
         if self.prompt_tokens is None or self.output_tokens is None:
@@ -199,9 +264,11 @@ class _Tally:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.output_tokens)
 
 
-def _input_tokens(usage: Any) -> int | None:
+def _input_tokens(usage: dict[str, Any]) -> int | None:
     """All prompt tokens of a usage object: fresh input plus cache reads and writes."""
-    if usage is None or usage.input_tokens is None:
+    if usage.get("input_tokens") is None:
         return None
-    cached = (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
-    return int(usage.input_tokens) + int(cached)
+    cached = (usage.get("cache_creation_input_tokens") or 0) + (
+        usage.get("cache_read_input_tokens") or 0
+    )
+    return int(usage["input_tokens"]) + int(cached)

@@ -40,11 +40,18 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One piece of a streamed answer: text, and at the end usage and a finish reason."""
+    """One piece of a streamed answer: answer text or reasoning text (never both), and at the
+    end usage and a finish reason.
+
+    Network providers give one chunk per kind per network read: the events of a burst that
+    arrived together are joined, so the layers above pay once per read, not once per event.
+    """
 
     text: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    reasoning: str = ""
+    """The model's reasoning (``reasoning_content``, Anthropic's ``thinking_delta``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,13 @@ class ModelConfig:
     """Opening a connection to the provider; short, so failover starts soon."""
     read_timeout: float = 60.0
     """Longest silence allowed while waiting for the answer to start and between chunks."""
+    pool_timeout: float = 5.0
+    """Longest wait for a free upstream connection before -32016 (then failover)."""
+    # Limits, network models only
+    max_connections: int = 1000
+    """Concurrent upstream requests (= HTTP/1.1 connections) to this model; a stream holds one
+    from its request to its end. The default fits one gateway process: 20,000 client sockets
+    at most, and 1,000 concurrent paced answers measured in bench/providers.py."""
 
 
 class Provider(Protocol):

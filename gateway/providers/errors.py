@@ -4,10 +4,16 @@ Each provider module wraps every call into its SDK in a :func:`map_exceptions`
 guard built from its own table, most specific class first, ending with the
 :data:`TRANSPORT` entries every provider shares::
 
-    openai.APITimeoutError, httpx2.TimeoutException     -> UpstreamTimeout
+    openai.APITimeoutError, httpx2.TimeoutException     -> from_timeout (below)
     openai.APIConnectionError, httpx2.TransportError    -> UpstreamUnavailable
+    aiohttp.ClientError                                 -> UpstreamUnavailable
     openai.APIStatusError                               -> from_status (below)
     json.JSONDecodeError, pydantic.ValidationError      -> UpstreamProtocolError
+
+:func:`from_timeout`: the aiohttp transport reports some failures that are not
+timeouts as httpx2 timeouts (a refused connection becomes ``ConnectTimeout``);
+the chain of causes tells them apart, so a refused connection stays
+UpstreamUnavailable.
 
 :func:`from_status`: 401/403 auth, 429 rate limited (``retry-after``), 408/504
 timeout, other 5xx unavailable, other 4xx a plain non-retryable
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx2
 import pydantic
@@ -54,9 +61,11 @@ __all__ = [
     "ended_early",
     "from_error_type",
     "from_status",
+    "from_timeout",
     "make",
     "map_exceptions",
     "parse_retry_after",
+    "stream_error",
 ]
 
 
@@ -187,7 +196,12 @@ def _error_object(body: object) -> dict[str, Any]:
 
 def from_error_type(exc: BaseException, upstream: Upstream) -> UpstreamError:
     """An error reported inside a stream, classified by its ``error.type`` (or ``code``)."""
-    error = _error_object(getattr(exc, "body", None))
+    return stream_error(getattr(exc, "body", None), upstream)
+
+
+def stream_error(body: object, upstream: Upstream) -> UpstreamError:
+    """The error event ``body`` of a stream (its ``error`` member, or itself), classified."""
+    error = _error_object(body)
     kind = str(error.get("type") or error.get("code") or "")
     cls = _ERROR_TYPES.get(kind, UpstreamError)
     detail = kind if cls is not UpstreamError else str(error.get("message") or kind)
@@ -215,9 +229,30 @@ def from_status(exc: BaseException, upstream: Upstream) -> UpstreamError:
     return make(UpstreamError, upstream, status=status, detail=str(error.get("message") or ""))
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 10:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return chain
+
+
+def from_timeout(exc: BaseException, upstream: Upstream) -> UpstreamError:
+    """A timeout, unless its causes show a failure that is not one (a refused connection)."""
+    for cause in _causes(exc)[1:]:
+        if isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError):
+            break
+        if isinstance(cause, aiohttp.ClientError | OSError):
+            return make(UpstreamUnavailable, upstream)
+    return make(UpstreamTimeout, upstream)
+
+
 TRANSPORT: dict[type[BaseException], Target] = {
-    httpx2.TimeoutException: UpstreamTimeout,
+    httpx2.TimeoutException: from_timeout,
     httpx2.TransportError: UpstreamUnavailable,
+    aiohttp.ServerTimeoutError: UpstreamTimeout,
+    aiohttp.ClientError: UpstreamUnavailable,
     anyio.EndOfStream: UpstreamUnavailable,
     ssl.SSLError: UpstreamUnavailable,
     json.JSONDecodeError: UpstreamProtocolError,

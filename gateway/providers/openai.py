@@ -1,11 +1,21 @@
-"""OpenAI chat models, and OpenAI-compatible servers (vLLM, Ollama, llama.cpp) via ``base_url``.
+"""OpenAI chat models, and OpenAI-compatible servers (vLLM, Ollama, DeepSeek) via ``base_url``.
 
-One ``openai.AsyncOpenAI`` client per model, shared by its requests, with
-the transport of :mod:`gateway.providers` (``max_retries=0``: the router
-fails over instead). Each request is ``chat.completions.create(stream=True,
-stream_options={"include_usage": True})``; the usage chunk (empty
-``choices``) arrives after the finish reason, so the final :class:`Chunk`
-is yielded once the stream has ended.
+One ``openai.AsyncOpenAI`` client per model, shared by its requests, on the
+SDK's aiohttp transport with the limits of :mod:`gateway.providers`
+(``max_retries=0``: the router fails over instead). The SDK builds and sends
+each request (base URL, auth and version headers, timeouts) and turns error
+statuses into its exception classes, through its raw-request API
+(``client.post(..., cast_to=httpx2.Response, stream=True)``); the gateway
+reads the response's event stream itself, decoding each ``data:`` event
+with orjson into the few fields it needs. No typed object per chunk: that
+was over half the CPU of a streamed chunk.
+
+The request streams with ``stream_options={"include_usage": True}``; the
+usage chunk (empty ``choices``) arrives after the finish reason, so the
+final :class:`Chunk` is yielded once the stream has ended. ``delta.content``
+(and ``delta.refusal``) is answer text; ``delta.reasoning_content`` (DeepSeek,
+vLLM) or ``delta.reasoning`` (newer vLLM, OpenRouter) is reasoning, yielded as
+separate chunks and never mixed into the text.
 
 The answer's length limit goes out as ``max_completion_tokens`` to OpenAI
 itself (its reasoning models refuse ``max_tokens``) and as ``max_tokens`` to
@@ -15,20 +25,20 @@ temperature and max_tokens are added to the request body unchanged.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
+import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+import orjson
 
 from gateway.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.providers import (
+    Slots,
     extra_params,
     http_client,
     output_limit,
@@ -43,16 +53,20 @@ from gateway.providers.errors import (
     ended_early,
     from_error_type,
     from_status,
+    from_timeout,
     make,
     map_exceptions,
+    stream_error,
 )
+from gateway.providers.sse import EventSplitter
 
 __all__ = ["OPENAI_BASE_URL", "OpenAIProvider"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+PATH = "/chat/completions"
 
 _ERRORS: dict[type[BaseException], Target] = {
-    openai.APITimeoutError: UpstreamTimeout,
+    openai.APITimeoutError: from_timeout,
     openai.APIConnectionError: UpstreamUnavailable,
     openai.APIResponseValidationError: UpstreamProtocolError,
     openai.APIStatusError: from_status,
@@ -60,6 +74,9 @@ _ERRORS: dict[type[BaseException], Target] = {
     **TRANSPORT,
     openai.OpenAIError: UpstreamError,
 }
+
+_DONE = b"[DONE]"
+_JSON = {"Content-Type": "application/json"}
 
 
 def finish_reason(reason: str) -> str:
@@ -79,77 +96,132 @@ class OpenAIProvider:
             base_url=config.base_url or OPENAI_BASE_URL,
             max_retries=0,
             timeout=timeout(config),
-            http_client=http_client(config),
+            http_client=http_client(config, openai.DefaultAioHttpClient),
         )
+        self._slots = Slots(config)
         self._limit_field = "max_tokens" if config.base_url else "max_completion_tokens"
+        # What every request of this model sends besides its messages and sampling.
+        self._extra = extra_params(config)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
-        """The keyword arguments of ``chat.completions.create`` for ``request``."""
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        """The JSON body of the chat completion request for ``request``."""
+        config = self.config
         body: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": cast(list[ChatCompletionMessageParam], messages),
+            "model": config.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
-            self._limit_field: output_limit(self.config, request),
+            self._limit_field: output_limit(config, request),
         }
-        temperature = sampling_temperature(self.config, request)
+        temperature = sampling_temperature(config, request)
         if temperature is not None:
             body["temperature"] = temperature
-        extra = extra_params(self.config)
-        if extra:
-            body["extra_body"] = extra
+        if self._extra:
+            body.update(self._extra)
         return body
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         guard = self._guard
-        with guard:
-            response = cast(
-                "openai.AsyncStream[ChatCompletionChunk]",
-                await self._client.chat.completions.create(**self.body(request)),
-            )
-        usage: Usage | None = None
-        finish: str | None = None
+        content = orjson.dumps(self.body(request))
+        await self._slots.acquire()
         try:
-            while True:
-                with guard:
-                    try:
-                        chunk = await anext(response)
-                    except StopAsyncIteration:
-                        break
-                text, reason, reported = self._read(chunk)
-                usage = reported or usage
-                finish = reason or finish
-                if text:
-                    yield Chunk(text=text)
-        finally:
-            # Closing an unfinished response drops the connection: the upstream stops generating.
-            with contextlib.suppress(Exception):
-                await response.close()
-        if finish is None:
-            raise ended_early(guard.upstream)
-        yield Chunk(usage=usage, finish_reason=finish_reason(finish))
-
-    def _read(self, chunk: ChatCompletionChunk) -> tuple[str, str | None, Usage | None]:
-        """Text, finish reason and usage carried by one chunk (of choice 0)."""
-        try:
-            usage = None
-            if chunk.usage is not None:
-                usage = Usage(
-                    prompt_tokens=int(chunk.usage.prompt_tokens),
-                    completion_tokens=int(chunk.usage.completion_tokens),
+            with guard:
+                response = await self._client.post(
+                    PATH,
+                    cast_to=httpx2.Response,
+                    content=content,
+                    options={"headers": _JSON},
+                    stream=True,
                 )
-            text, finish = "", None
-            for choice in chunk.choices or ():
-                if choice.index != 0:
-                    continue
-                if choice.delta is not None:
-                    text += (choice.delta.content or "") + (choice.delta.refusal or "")
-                finish = choice.finish_reason or finish
-        except (AttributeError, TypeError, ValueError):
-            # The SDK builds chunks without validation: a wrong shape shows up here.
-            raise make(UpstreamProtocolError, self._guard.upstream) from None
-        return text, finish, usage
+            try:
+                reader = _Reader(guard.upstream)
+                body = response.aiter_bytes()
+                while True:
+                    with guard:
+                        try:
+                            data = await anext(body)
+                        except StopAsyncIteration:
+                            break
+                    for chunk in reader.read(data):
+                        yield chunk
+                    if reader.failure is not None:
+                        raise reader.failure
+            finally:
+                # Closing an unfinished response drops the connection: the upstream stops
+                # generating. A finished one goes back to the pool for the next request.
+                await response.aclose()
+        finally:
+            self._slots.release()
+        if reader.finish is None:
+            raise ended_early(guard.upstream)
+        yield Chunk(usage=reader.usage, finish_reason=finish_reason(reader.finish))
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+class _Reader:
+    """The fields of one response's events the gateway needs (of choice 0)."""
+
+    __slots__ = ("_events", "_upstream", "failure", "finish", "usage")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+        self._events = EventSplitter()
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.failure: UpstreamError | None = None
+
+    def read(self, data: bytes) -> list[Chunk]:
+        """The text and reasoning in ``data``: one chunk per run of one kind, in order. An
+        error event or a malformed one ends the list and is left in :attr:`failure`."""
+        chunks: list[Chunk] = []
+        parts: list[str] = []
+        thinking = False  # the kind of ``parts``
+        try:
+            for _, payload in self._events.feed(data):
+                if payload == _DONE:
+                    continue
+                event = orjson.loads(payload)
+                if event.get("error"):
+                    raise stream_error(event, self._upstream)
+                for choice in event.get("choices") or ():
+                    if choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta")
+                    if delta:
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                        if reasoning:
+                            if not thinking and parts:
+                                chunks.append(Chunk(text="".join(parts)))
+                                parts = []
+                            thinking = True
+                            parts.append(reasoning)
+                        text = delta.get("content") or delta.get("refusal")
+                        if text:
+                            if thinking and parts:
+                                chunks.append(Chunk(reasoning="".join(parts)))
+                                parts = []
+                            thinking = False
+                            parts.append(text)
+                    if choice.get("finish_reason"):
+                        self.finish = choice["finish_reason"]
+                usage = event.get("usage")
+                if usage:
+                    self.usage = Usage(
+                        prompt_tokens=int(usage["prompt_tokens"]),
+                        completion_tokens=int(usage["completion_tokens"]),
+                    )
+            if parts:
+                joined = "".join(parts)
+                chunks.append(Chunk(reasoning=joined) if thinking else Chunk(text=joined))
+        except UpstreamError as exc:
+            self.failure = exc
+        except (AttributeError, TypeError, ValueError, KeyError):
+            # Not JSON (orjson.JSONDecodeError is a ValueError), or not the expected shape.
+            self.failure = make(UpstreamProtocolError, self._upstream)
+        if self.failure is not None and parts:
+            # What came before the bad event still reaches the user, then the error.
+            joined = "".join(parts)
+            chunks.append(Chunk(reasoning=joined) if thinking else Chunk(text=joined))
+        return chunks

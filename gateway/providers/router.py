@@ -2,8 +2,8 @@
 
 A :class:`RoutedStream` is one answer. Before each attempt it trims the
 history to the model's context window; it fails over to the model's
-``fallbacks`` (in order, skipping unavailable ones) only while no text has
-been streamed and only for retryable failures (connection, 5xx, 429,
+``fallbacks`` (in order, skipping unavailable ones) only while nothing (text
+or reasoning) has been streamed and only for retryable failures (connection, 5xx, 429,
 timeout). Once text has reached the user the model never changes: a later
 failure is raised as it is. Usage is the provider's when it reports it,
 else a tiktoken estimate.
@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.errors import LimitExceeded, ModelUnavailable, UpstreamError
 from gateway.providers import output_limit
-from gateway.providers.base import ChatRequest, ModelConfig, Provider, Usage
+from gateway.providers.base import ChatRequest, Chunk, ModelConfig, Provider, Usage
 from gateway.providers.offline import OfflineProvider
 from gateway.providers.tokens import REPLY_PRIMING, count_message, count_messages, count_text
 from gateway.providers.tokens import encoding as load_encoding
@@ -197,11 +197,14 @@ class ModelRouter:
 
 
 class RoutedStream:
-    """Text pieces of one answer; ``result`` is set once iteration ends.
+    """The chunks of one answer (text or reasoning, never empty); ``result`` is set once
+    iteration ends.
 
-    Iterate once (``async for text in stream``). ``aclose()`` (or leaving
+    Iterate once (``async for chunk in stream``). ``aclose()`` (or leaving
     ``async with stream``) from the iterating task, or cancelling that task,
-    closes the upstream response at once.
+    closes the upstream response at once. After the first chunk each step is
+    one call into the provider's generator: no generator of its own in
+    between.
     """
 
     def __init__(self, router: ModelRouter, name: str, request: ChatRequest) -> None:
@@ -211,19 +214,34 @@ class RoutedStream:
         """The model being (or last) tried."""
         self.result: StreamResult | None = None
         self._sent = request
-        self._text: list[str] = []
-        self._run: AsyncIterator[str] | None = None
+        self._dropped = 0
+        self._pieces: list[str] = []
+        self._chunks: AsyncIterator[Chunk] | None = None
+        self._done = False
 
     def __aiter__(self) -> RoutedStream:
         return self
 
-    async def __anext__(self) -> str:
-        if self._run is None:
-            self._run = self._attempts()
-        return await anext(self._run)
+    async def __anext__(self) -> Chunk:
+        chunks = self._chunks
+        if chunks is None:
+            if self._done:
+                raise StopAsyncIteration
+            return await self._first()
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            chunk = _ENDED  # a provider that ended without its final chunk
+        if chunk.finish_reason is None:
+            self._pieces.append(chunk.text or chunk.reasoning)
+            return chunk
+        await self._end(chunk)
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
-        await _close(self._run)
+        chunks, self._chunks = self._chunks, None
+        self._done = True
+        await _close(chunks)
 
     async def __aenter__(self) -> RoutedStream:
         return self
@@ -236,11 +254,14 @@ class RoutedStream:
     ) -> None:
         await self.aclose()
 
-    async def _attempts(self) -> AsyncIterator[str]:
-        chain = self._router.candidates(self.model)
+    async def _first(self) -> Chunk:
+        """Try the model, then its fallbacks, until one gives a first chunk (or ends)."""
+        self._done = True  # whatever happens here, this stream is not opened twice
+        router = self._router
+        chain = router.candidates(self.model)
         failure: UpstreamError | None = None
         for position, name in enumerate(chain):
-            config = self._router.get(name)
+            config = router.get(name)
             assert config is not None
             try:
                 request, dropped = fit(config, self._request)
@@ -249,19 +270,15 @@ class RoutedStream:
                     raise  # The requested model itself cannot take this conversation.
                 log.warning("fallback model %s skipped: the conversation does not fit", name)
                 continue
-            self.model, self._sent = name, request
-            chunks = self._router.provider(name).stream(request)
-            usage: Usage | None = None
-            finish = "stop"
+            self.model, self._sent, self._dropped = name, request, dropped
+            chunks = router.provider(name).stream(request)
             try:
-                async for chunk in chunks:
-                    if chunk.text:
-                        self._text.append(chunk.text)
-                        yield chunk.text
-                    usage = chunk.usage or usage
-                    finish = chunk.finish_reason or finish
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                chunk = _ENDED
             except UpstreamError as exc:
-                if self._text or not exc.retryable or position == len(chain) - 1:
+                await _close(chunks)
+                if not exc.retryable or position == len(chain) - 1:
                     raise
                 failure = exc
                 log.warning(
@@ -271,25 +288,40 @@ class RoutedStream:
                     exc.message,
                 )
                 continue
-            finally:
+            except BaseException:
                 await _close(chunks)
-            self.result = StreamResult(
-                model=name,
-                finish_reason=finish,
-                usage=usage or self.partial_usage(),
-                dropped_turns=dropped,
-            )
-            return
+                raise
+            if chunk.finish_reason is not None:  # an empty answer
+                await self._end(chunk, chunks)
+                raise StopAsyncIteration
+            self._chunks = chunks
+            self._pieces.append(chunk.text or chunk.reasoning)
+            return chunk
         assert failure is not None
         raise failure
 
+    async def _end(self, last: Chunk, chunks: AsyncIterator[Chunk] | None = None) -> None:
+        self.result = StreamResult(
+            model=self.model,
+            finish_reason=last.finish_reason or "stop",
+            usage=last.usage or self.partial_usage(),
+            dropped_turns=self._dropped,
+        )
+        if chunks is not None:
+            self._chunks = chunks
+        await self.aclose()
+
     def partial_usage(self) -> Usage:
-        """Estimated usage so far (for a stream that was cancelled or failed)."""
+        """Estimated usage so far (for a stream that was cancelled or failed, or whose
+        provider reports none); reasoning counts as output."""
         return Usage(
             prompt_tokens=count_messages(self._sent.messages),
-            completion_tokens=count_text("".join(self._text)),
+            completion_tokens=count_text("".join(self._pieces)),
             source="estimate",
         )
+
+
+_ENDED = Chunk(finish_reason="stop")
 
 
 async def _close(iterator: object) -> None:

@@ -13,9 +13,12 @@ Use them with the real SDKs (no patching)::
 
 Replies are used in order, one per request; with none left the fake sends
 ``fake.default``. A request carrying a key other than ``fake.api_key`` is
-answered 401, as the real API would. Each connection serves one request
-(``connection: close``), so a client that closes its response early is seen
-at once as end-of-file.
+answered 401, as the real API would. Connections are kept alive, as the real
+APIs' are: one connection serves request after request, and each
+:class:`RecordedRequest` names its ``connection`` (numbered from 1 in the
+order they were opened; ``fake.connections`` counts them). A client that
+closes its response early must close the connection (HTTP/1.1 has no other
+way to stop a response), which the fake sees at once as end-of-file.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class Reply:
     """One scripted response. Text is sent as one text event per piece."""
 
     text: Sequence[str] = ("Hello", ", world", "!")
+    reasoning: Sequence[str] = ()
+    """Reasoning pieces sent before the text (OpenAI-compatible ``reasoning_content``,
+    Anthropic ``thinking_delta``); they count as output tokens."""
     status: int = 200
     """Anything but 200 sends the provider's JSON error body instead of a stream."""
     error: str | None = None
@@ -88,8 +94,10 @@ class Reply:
 
     @property
     def completion(self) -> int:
-        """Output tokens reported in the usage."""
-        return len(self.text) if self.completion_tokens is None else self.completion_tokens
+        """Output tokens reported in the usage (default: one per text and reasoning piece)."""
+        if self.completion_tokens is None:
+            return len(self.text) + len(self.reasoning)
+        return self.completion_tokens
 
 
 @dataclass
@@ -100,6 +108,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    connection: int = 0
+    """Which TCP connection carried it (1 = the first the fake accepted)."""
     reply: Reply | None = None
     completed: bool = False
     """The whole response was written."""
@@ -126,12 +136,11 @@ class _Exchange:
         self._eof = asyncio.ensure_future(reader.read(1))
 
     async def pause(self, seconds: float) -> None:
-        if seconds <= 0:
-            if self._eof.done():
-                raise _ClientGone
-            return
-        done, _ = await asyncio.wait({self._eof}, timeout=None if math.isinf(seconds) else seconds)
-        if done:
+        if seconds > 0:
+            timeout = None if math.isinf(seconds) else seconds
+            await asyncio.wait({self._eof}, timeout=timeout)
+        if self._eof.done():
+            # Clients do not pipeline: anything read while a response runs is end-of-file.
             raise _ClientGone
 
     async def write(self, data: bytes) -> None:
@@ -146,8 +155,12 @@ class _Exchange:
         """One piece of a chunked body."""
         await self.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
-    def close(self) -> None:
+    def close(self) -> bytes:
+        """Stop watching; the bytes of a next request read meanwhile, if any."""
+        if self._eof.done() and not self._eof.cancelled() and self._eof.exception() is None:
+            return self._eof.result()
         self._eof.cancel()
+        return b""
 
 
 class FakeServer:
@@ -168,6 +181,8 @@ class FakeServer:
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self._arrived = asyncio.Event()
         self.port = 0
+        self.connections = 0
+        """TCP connections accepted so far."""
 
     # Set-up
 
@@ -271,8 +286,23 @@ class FakeServer:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        connection = self.connections
+        leftover = b""
+        # Keep-alive: request after request until the client closes (or the fake shuts down).
+        while not writer.is_closing():
+            head = leftover + await reader.readuntil(b"\r\n\r\n")
+            leftover = await self._exchange(head, connection, reader, writer)
+
+    async def _exchange(
+        self,
+        head: bytes,
+        connection: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bytes:
+        """Answer the request whose head is ``head``; the bytes of the next one read meanwhile."""
         async with asyncio.timeout(_READ_TIMEOUT):
-            head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
             headers = {}
@@ -281,7 +311,7 @@ class FakeServer:
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
-        record = RecordedRequest(method, path, headers, body)
+        record = RecordedRequest(method, path, headers, body, connection=connection)
         self.requests.append(record)
         self._arrived.set()
         exchange = _Exchange(reader, writer)
@@ -290,9 +320,11 @@ class FakeServer:
             record.completed = not record.dropped
         except _ClientGone:
             record.disconnected = True
+            writer.transport.abort()
         finally:
-            exchange.close()
+            leftover = exchange.close()
             record.finished.set()
+        return leftover
 
     async def _respond(self, record: RecordedRequest, exchange: _Exchange) -> None:
         if record.method != "POST" or record.path.split("?")[0] != self.path:
@@ -318,7 +350,7 @@ class FakeServer:
         await exchange.write(
             f"HTTP/1.1 {status} Fake\r\ncontent-type: application/json\r\n"
             f"content-length: {len(data)}\r\n{self.request_id_header}: req_fake\r\n"
-            f"{extra}connection: close\r\n\r\n".encode()
+            f"{extra}\r\n".encode()
             + data
         )
 
@@ -327,7 +359,7 @@ class FakeServer:
         await exchange.write(
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
             f"transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
-            f"{self.request_id_header}: req_fake\r\n{extra}connection: close\r\n\r\n".encode()
+            f"{self.request_id_header}: req_fake\r\n{extra}\r\n".encode()
         )
         opening, pieces, closing = self.events(reply, record.json)
         for event in opening:

@@ -3,7 +3,12 @@
 Named events, each with a JSON ``data`` whose ``type`` repeats the name::
 
     message_start        {"message": {..., "content": [], "usage": {"input_tokens": N, ...}}}
-    content_block_start  {"index": 0, "content_block": {"type": "text", "text": ""}}
+    (with reasoning, extended thinking's block first:)
+    content_block_start  {"index": 0, "content_block": {"type": "thinking", "thinking": "", ...}}
+    content_block_delta  {"index": 0, "delta": {"type": "thinking_delta", "thinking": "..."}}
+    content_block_delta  {"index": 0, "delta": {"type": "signature_delta", "signature": "..."}}
+    content_block_stop   {"index": 0}
+    content_block_start  {"index": i, "content_block": {"type": "text", "text": ""}}
     ping
     content_block_delta  {"index": 0, "delta": {"type": "text_delta", "text": "..."}}   (per piece)
     content_block_stop   {"index": 0}
@@ -78,31 +83,24 @@ class AnthropicFake(FakeServer):
                 },
             },
         }
-        opening = [
-            sse(start, "message_start"),
-            sse(
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-                "content_block_start",
-            ),
-            sse({"type": "ping"}, "ping"),
-        ]
-        pieces = [
-            sse(
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": piece},
-                },
-                "content_block_delta",
-            )
-            for piece in reply.text
-        ]
+        opening = [sse(start, "message_start")]
+        index = 0
+        if reply.reasoning:
+            opening.append(_block_start(0, {"type": "thinking", "thinking": "", "signature": ""}))
+            opening.append(sse({"type": "ping"}, "ping"))
+            opening += [
+                _delta(0, {"type": "thinking_delta", "thinking": piece})
+                for piece in reply.reasoning
+            ]
+            opening.append(_delta(0, {"type": "signature_delta", "signature": "EqQBCgIYAhIM"}))
+            opening.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+            index = 1
+        opening.append(_block_start(index, {"type": "text", "text": ""}))
+        if not reply.reasoning:
+            opening.append(sse({"type": "ping"}, "ping"))
+        pieces = [_delta(index, {"type": "text_delta", "text": piece}) for piece in reply.text]
         closing = [
-            sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            sse({"type": "content_block_stop", "index": index}, "content_block_stop"),
             sse(
                 {
                     "type": "message_delta",
@@ -114,3 +112,16 @@ class AnthropicFake(FakeServer):
             sse({"type": "message_stop"}, "message_stop"),
         ]
         return opening, pieces, closing
+
+
+def _block_start(index: int, block: dict[str, Any]) -> bytes:
+    return sse(
+        {"type": "content_block_start", "index": index, "content_block": block},
+        "content_block_start",
+    )
+
+
+def _delta(index: int, delta: dict[str, Any]) -> bytes:
+    return sse(
+        {"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"
+    )

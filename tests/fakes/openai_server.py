@@ -1,9 +1,11 @@
 """A fake ``POST /v1/chat/completions`` speaking OpenAI's streaming format.
 
 Every event is ``data: <chat.completion.chunk JSON>``: a first chunk with the
-assistant role, one chunk per text piece, a chunk with an empty delta and the
-finish reason, then (when the request asked with ``stream_options.
-include_usage``) a chunk with empty ``choices`` and the usage, and finally
+assistant role, one chunk per reasoning piece (``{"content": null,
+"reasoning_content": ...}``, as DeepSeek and vLLM send it), one chunk per
+text piece, a chunk with an empty delta and the finish reason, then (when
+the request asked with ``stream_options.include_usage``) a chunk with empty
+``choices`` and the usage, and finally
 ``data: [DONE]``. With ``include_usage`` every chunk carries ``"usage": null``
 until the last. Errors are ``{"error": {"message", "type", "param", "code"}}``.
 """
@@ -75,6 +77,9 @@ class OpenAIFake(FakeServer):
             return body
 
         opening = [sse(chunk({"role": "assistant", "content": "", "refusal": None}))]
+        opening += [
+            sse(chunk({"content": None, "reasoning_content": piece})) for piece in reply.reasoning
+        ]
         pieces = [sse(chunk({"content": piece})) for piece in reply.text]
         closing = [sse(chunk({}, reply.finish or "stop"))]
         if include_usage and reply.usage:
@@ -85,7 +90,10 @@ class OpenAIFake(FakeServer):
                 "completion_tokens": reply.completion,
                 "total_tokens": reply.prompt_tokens + reply.completion,
                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": len(reply.reasoning),
+                    "audio_tokens": 0,
+                },
             }
             closing.append(sse(final))
         closing.append(sse("[DONE]"))
