@@ -354,3 +354,126 @@ async def test_no_api_key_reaches_a_client_frame_or_a_log_line(
         assert not any(key in f for f in frames)
         assert key not in logged
         assert key[-8:] not in logged
+
+
+# Reasoning
+
+REASONING = ["Weighing ", "the question", "..."]
+
+
+async def _deltas(client: RawClient, method: str, params: Any) -> tuple[list[Any], Any]:
+    """Every delta's params of one streamed call, and its final response."""
+    id_ = await client.request(method, params)
+    deltas = []
+    while True:
+        frame = await client.recv()
+        if frame.get("method") == "stream.delta" and frame["params"]["id"] == id_:
+            deltas.append(frame["params"])
+        elif frame.get("id") == id_ and "method" not in frame:
+            return deltas, frame
+
+
+@pytest.mark.parametrize("provider", FAKES)
+async def test_chat_with_reasoning_streams_reasoning_deltas_apart_from_the_text(
+    provider: str,
+) -> None:
+    """chatWithReasoning sends reasoning as deltas carrying "reasoning" instead of "text",
+    before the answer and never inside it; usage counts it."""
+    reply = Reply(reasoning=REASONING, text=TEXT, prompt_tokens=11)
+    async with FAKES[provider](default=reply) as fake:
+        async with provider_gateway(fake, models=(fake.model_config("up"),)) as gw:
+            async with raw_client(gw) as client:
+                deltas, final = await _deltas(client, "chat.chatWithReasoning", {"message": "hi"})
+    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert all(set(d) in ({"id", "seq", "text"}, {"id", "seq", "reasoning"}) for d in deltas)
+    kinds = ["reasoning" if "reasoning" in d else "text" for d in deltas]
+    assert kinds == sorted(kinds)  # every reasoning delta comes before the text
+    assert "".join(d.get("reasoning", "") for d in deltas) == "".join(REASONING)
+    assert "".join(d.get("text", "") for d in deltas) == "".join(TEXT)
+    usage = final["result"]["usage"]
+    assert usage["completionTokens"] == len(TEXT) + len(REASONING)
+    assert usage["source"] == "provider"
+
+
+@pytest.mark.parametrize("provider", FAKES)
+async def test_other_chat_methods_send_no_reasoning_but_count_it(provider: str) -> None:
+    """postChat and chatNonStreaming carry only the answer text; the reasoning still counts."""
+    async with FAKES[provider](default=Reply(reasoning=REASONING, text=TEXT)) as fake:
+        async with provider_gateway(fake, models=(fake.model_config("up"),)) as gw:
+            async with raw_client(gw) as client:
+                deltas, final = await _deltas(client, "chat.postChat", {"message": "hi"})
+                whole = await client.call("chat.chatNonStreaming", {"message": "hi"})
+    assert all("reasoning" not in d for d in deltas)
+    assert "".join(d["text"] for d in deltas) == "".join(TEXT)
+    assert final["result"]["usage"]["completionTokens"] == len(TEXT) + len(REASONING)
+    assert whole["result"]["text"] == "".join(TEXT)
+
+
+async def test_reasoning_is_estimated_into_usage_when_the_upstream_reports_none() -> None:
+    """Without provider usage, the estimate counts the reasoning text as output too."""
+    thinking = ["a long chain of thought " * 20]
+    async with OpenAIFake(default=Reply(reasoning=thinking, text=["ok"], usage=False)) as fake:
+        async with provider_gateway(fake, models=(fake.model_config("local"),)) as gw:
+            async with raw_client(gw) as client:
+                _, with_reasoning = await _deltas(client, "chat.postChat", ["hi"])
+                fake.default = Reply(text=["ok"], usage=False)
+                _, without = await _deltas(client, "chat.postChat", ["hi"])
+    thought = with_reasoning["result"]["usage"]["completionTokens"]
+    assert with_reasoning["result"]["usage"]["source"] == "estimate"
+    assert thought > without["result"]["usage"]["completionTokens"] + 50
+
+
+# Upstream connections
+
+
+@pytest.mark.parametrize("provider", FAKES)
+async def test_more_concurrent_answers_than_the_pool_holds_all_complete(provider: str) -> None:
+    """Twelve answers at once on a model with max_connections 4 all stream in full: the
+    others wait for a free connection instead of failing, and connections are reused."""
+    slow = Reply(text=TEXT, interval=0.05)
+    async with FAKES[provider](default=slow) as fake:
+        model = fake.model_config("up", max_connections=4)
+        async with provider_gateway(fake, models=(model,), streams_per_user=16) as gw:
+            async with contextlib.AsyncExitStack() as stack:
+                clients = [
+                    await stack.enter_async_context(raw_client(gw, token=token))
+                    for token in ["tok-alice", "tok-bob"] * 6
+                ]
+                results = await asyncio.gather(
+                    *(client.stream("chat.postChat", ["hi"]) for client in clients)
+                )
+    for text, _, final in results:
+        assert text == "".join(TEXT)
+        assert final["result"]["finishReason"] == "stop"
+    assert len(fake.requests) == 12
+    assert fake.connections == 4
+
+
+async def test_a_full_pool_past_its_timeout_is_32016_or_fails_over() -> None:
+    """With a model's only connection busy past pool_timeout, a request is error -32016 naming
+    the limit; on a model with a fallback it fails over instead."""
+    async with OpenAIFake(default=Reply(text=TEXT, hang_after=1)) as fake:
+        models = (
+            fake.model_config("up", max_connections=1, pool_timeout=0.2),
+            fake.model_config(
+                "backed", max_connections=1, pool_timeout=0.2, fallbacks=("offline-fast",)
+            ),
+        )
+        async with provider_gateway(fake, models=models) as gw:
+            async with raw_client(gw) as alice, raw_client(gw, token="tok-bob") as bob:
+                await _first_delta(alice, await alice.request("chat.postChat", ["hi"]))
+                refused = await bob.call("chat.postChat", ["hi"])
+                assert (await bob.call("chat.setModel", ["backed"]))["result"] is True
+                await _first_delta(bob, await bob.request("chat.postChat", ["hi"]))
+                assert (await alice.call("chat.setModel", ["backed"]))["result"] is True
+                text, _, rescued = await alice.stream("chat.postChat", ["hi"])
+    error = refused["error"]
+    assert error["code"] == -32016
+    assert error["data"] == {
+        "retryable": True,
+        "provider": "openai",
+        "limit": "maxConnections",
+        "max": 1,
+    }
+    assert rescued["result"]["model"] == "offline-fast" and text
+    assert len(fake.requests) == 2

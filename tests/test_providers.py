@@ -15,6 +15,7 @@ import pytest
 from gateway.errors import (
     UpstreamAuthError,
     UpstreamError,
+    UpstreamPoolTimeout,
     UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -407,3 +408,104 @@ def test_retry_after_accepts_seconds_milliseconds_and_http_dates() -> None:
     assert parse_retry_after({"retry-after": date}, now=1445412600.0) == 0.0
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+
+
+# Connections
+
+
+async def test_connections_are_reused_and_a_cancelled_answer_closes_its_own(
+    upstream: Upstream,
+) -> None:
+    """Answers read to their end share one kept-alive connection; an answer closed early hangs
+    up its connection (the upstream stops), and the next request opens a fresh one."""
+    fake = upstream.fake
+    for _ in range(3):
+        chunks = await collect(upstream.stream())
+        assert "".join(c.text for c in chunks) == "Hello, world!"
+    assert [r.connection for r in fake.requests] == [1, 1, 1]
+    fake.script(Reply(hang_after=1))
+    stream = upstream.stream()
+    async with asyncio.timeout(5):
+        assert (await anext(stream)).text == "Hello"
+        await stream.aclose()  # type: ignore[attr-defined]
+    cancelled = await fake.finished()
+    assert cancelled.connection == 1 and cancelled.disconnected and not cancelled.completed
+    chunks = await collect(upstream.stream())
+    assert "".join(c.text for c in chunks) == "Hello, world!"
+    assert fake.requests[-1].connection == 2
+    assert fake.connections == 2
+
+
+async def test_more_concurrent_answers_than_connections_wait_for_one(upstream: Upstream) -> None:
+    """With max_connections 2, six concurrent answers all complete, two at a time at most."""
+    provider = make_provider(upstream.fake, upstream.fake.api_key, max_connections=2)
+    upstream.fake.default = Reply(text=["a", "b", "c"], interval=0.05)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(collect(provider.stream(REQUEST)) for _ in range(6))), 20
+    )
+    await shut(provider)
+    assert ["".join(c.text for c in chunks) for chunks in answers] == ["abc"] * 6
+    assert len(upstream.fake.requests) == 6
+    assert upstream.fake.connections == 2
+
+
+async def test_waiting_longer_than_pool_timeout_is_its_own_error(upstream: Upstream) -> None:
+    """When every connection stays busy past pool_timeout, the request fails with
+    UpstreamPoolTimeout (-32016, retryable) without reaching the upstream; the slot comes back
+    once the busy answer ends."""
+    fake = upstream.fake
+    provider = make_provider(fake, fake.api_key, max_connections=1, pool_timeout=0.2)
+    fake.script(Reply(hang_after=1))
+    busy = provider.stream(REQUEST)
+    async with asyncio.timeout(5):
+        await anext(busy)
+    _, exc = await failure(provider.stream(REQUEST))
+    assert isinstance(exc, UpstreamPoolTimeout)
+    assert exc.code == -32016
+    assert exc.data == {
+        "retryable": True,
+        "provider": upstream.kind,
+        "limit": "maxConnections",
+        "max": 1,
+    }
+    assert len(fake.requests) == 1
+    async with asyncio.timeout(5):
+        await busy.aclose()  # type: ignore[attr-defined]
+    chunks = await collect(provider.stream(REQUEST))
+    await shut(provider)
+    assert "".join(c.text for c in chunks) == "Hello, world!"
+
+
+# Reasoning
+
+
+async def test_reasoning_arrives_in_chunks_of_its_own(upstream: Upstream) -> None:
+    """reasoning_content / thinking_delta become reasoning chunks, never text, before the
+    answer; the provider's usage counts them as output."""
+    thoughts = ["The user", " greets me;", " answer briefly."]
+    upstream.fake.script(Reply(reasoning=thoughts, text=["Hi", "!"], prompt_tokens=9))
+    chunks = await collect(upstream.stream())
+    body = chunks[:-1]
+    assert all(bool(c.text) != bool(c.reasoning) for c in body)
+    assert "".join(c.reasoning for c in body) == "The user greets me; answer briefly."
+    assert "".join(c.text for c in body) == "Hi!"
+    first_text = next(i for i, c in enumerate(body) if c.text)
+    assert all(c.reasoning for c in body[:first_text])
+    assert not any(c.reasoning for c in body[first_text:])
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (9, 5)
+
+
+@pytest.mark.parametrize("fake_cls", [OpenAIFake, AnthropicFake])
+async def test_reasoning_and_text_in_one_read_keep_their_order(
+    fake_cls: type[FakeServer],
+) -> None:
+    """Events that arrive together still come out as separate chunks per kind, in order."""
+    async with fake_cls(default=Reply(reasoning=["think"], text=["say"])) as fake:
+        provider = make_provider(fake, fake.api_key)
+        # The whole answer is written before the provider reads: one read holds every event.
+        fake.default.delay = 0.0
+        chunks = await collect(provider.stream(REQUEST))
+        await shut(provider)
+    body = [(c.reasoning, c.text) for c in chunks[:-1]]
+    assert body == [("think", ""), ("", "say")]

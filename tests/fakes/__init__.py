@@ -155,11 +155,12 @@ class _Exchange:
         """One piece of a chunked body."""
         await self.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
-    def close(self) -> bytes:
+    async def close(self) -> bytes:
         """Stop watching; the bytes of a next request read meanwhile, if any."""
-        if self._eof.done() and not self._eof.cancelled() and self._eof.exception() is None:
-            return self._eof.result()
         self._eof.cancel()
+        # Wait for the read to let go of the stream before the next request is read.
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            return await self._eof
         return b""
 
 
@@ -322,7 +323,7 @@ class FakeServer:
             record.disconnected = True
             writer.transport.abort()
         finally:
-            leftover = exchange.close()
+            leftover = await exchange.close()
             record.finished.set()
         return leftover
 
