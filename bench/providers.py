@@ -1,67 +1,66 @@
-"""What the gateway adds when streaming from an OpenAI-compatible upstream.
+"""What the gateway adds when streaming from real-model upstreams (OpenAI-compatible, Anthropic).
 
-    .venv/bin/python bench/providers.py            # full run, about 2 minutes
-    .venv/bin/python bench/providers.py --quick    # smoke run, under 30 s
-    .venv/bin/python bench/providers.py --profile /tmp/gw   # plus a profiled gateway run
+    .venv/bin/python bench/providers.py            # full run, about 4 minutes
+    .venv/bin/python bench/providers.py --quick    # smoke run, about 1 minute
 
-Three kinds of process, all on 127.0.0.1:
+Processes, all on 127.0.0.1:
 
-- a fake OpenAI-compatible server (this file, ``_fake`` mode, its own process).
-  Every ``POST /<mode>/v1/chat/completions`` gets the same pre-encoded answer:
-  a role chunk, ``--chunks`` content chunks whose text is the fixed token
-  ``"tok "``, a finish chunk, a usage chunk and ``data: [DONE]``, as
-  ``chat.completion.chunk`` SSE events in HTTP/1.1 chunked encoding,
-  keep-alive. ``<mode>`` says how it is written:
-  ``burst``: all of it in one write, no delay;
-  ``first``: the first content chunk alone, the rest ``--first-gap`` ms later
-  in one write (a real model's first token arrives on its own);
-  ``paced``: one content chunk every 1/``--tps`` s (a real model's stream);
-- the gateway (``python -m gateway serve``), with one ``provider = "openai"``
-  model per mode (``bench-<mode>``, ``base_url`` = the fake's ``/<mode>/v1``);
-  users pick them with ``chat.setModel``;
-- this process, the client: the official ``openai`` SDK (``AsyncOpenAI``,
-  ``stream=True``) straight to the fake; a minimal raw HTTP client straight to
-  the fake (the floor); a minimal WebSocket JSON-RPC client (asyncio Protocol +
-  orjson) to the gateway.
+- a fake upstream (this file, ``_fake`` mode, its own process) speaking both
+  wire formats: ``POST /<mode>/v1/chat/completions`` (OpenAI
+  ``chat.completion.chunk`` SSE, with the usage chunk and ``[DONE]``) and
+  ``POST /<mode>/v1/messages`` (Anthropic's named events, ``message_start``
+  to ``message_stop``). Answers are pre-encoded, their text the fixed token
+  ``"tok "``, HTTP/1.1 chunked, keep-alive. ``<mode>`` says how:
+  ``burst``: ``--chunks`` chunks in one write; ``short``: one chunk, one write
+  (per-request cost); ``first``: the first chunk alone, the rest
+  ``--first-gap`` ms later (time to first token); ``paced``: ``--chunks``
+  chunks at ``--tps`` each; ``slow``: ``--slow-chunks`` chunks at
+  ``--slow-tps`` each (the many-streams test);
+- the floor (``_floor`` mode, its own process): a WebSocket JSON-RPC relay
+  with nothing but what any relay needs: a bare aiohttp client (keep-alive),
+  SSE split and orjson decoding of each event, and one WebSocket frame per
+  read, written straight to the socket (minimal RFC 6455 framing). It
+  answers ``chat.setModel`` and ``chat.postChat`` with the gateway's frames;
+- the gateway (``python -m gateway serve``) with one model per provider and
+  mode (``<provider>-<mode>``, ``base_url`` = the fake's ``/<mode>``); with
+  ``uvloop`` installed, a second gateway runs under uvloop
+  (``uvloop.install()`` before ``gateway.cli.main``) for the same phases;
+- this process: the client of the floor and the gateways (a minimal
+  asyncio WebSocket client, one orjson parse per frame), and the direct SDK
+  path (``AsyncOpenAI`` / ``AsyncAnthropic`` with ``stream=True``, their
+  default transport, typed events), measured by this process's own CPU.
 
-Measured in one run:
+Measured in one run, for each provider:
 
-1. TTFT, ``--requests`` sequential requests per path, the three paths
-   interleaved request by request, each read to its end: send -> first
-   content token (SDK: the first chunk with content out of the stream
-   iterator; gateway: the first ``stream.delta`` frame parsed by the client).
-   In ``first`` and in ``burst`` mode.
-2. Throughput: ``--streams`` concurrent back-to-back streams for
-   ``--seconds`` after a warm-up, through the gateway and then straight to the
-   fake with the SDK, in ``burst`` mode (saturating) and ``paced`` mode (one
-   chunk per read). Chunks are counted as occurrences of ``"tok "`` in the
-   received text (the gateway merges the deltas of a lagging stream into
-   fewer frames). CPU is utime+stime from /proc/<pid>/stat (gateway, fake)
-   and ``time.process_time`` (this process, which runs the SDK in the direct
-   rows).
+1. TTFT: ``--requests`` sequential requests per path in ``first`` mode, the
+   paths interleaved request by request: send -> first content token.
+2. Bursts: ``--streams`` concurrent back-to-back ``burst`` answers for
+   ``--seconds``: CPU per chunk of the subject (floor / gateway process,
+   this process for the SDK).
+3. Short answers: the same with ``short`` (one chunk each): CPU per request.
+4. Paced: ``--streams`` concurrent ``paced`` answers: CPU per chunk.
+5. Many paced (OpenAI-compatible, floor and gateway): ``--many`` concurrent
+   answers at ``--slow-tps`` chunks/s over ``--many-conns`` connections: CPU,
+   delivery (answers complete with every chunk / answers ended) and lateness
+   of each frame against the stream's own schedule (first token + i /
+   tps), p50 / p99 / max.
 
-The machine may be shared: before each phase the run waits (30 s at most in
-all) for other processes to go quiet, and it reports how busy they kept the
-cores during each phase.
-
-With ``--profile PREFIX`` a second gateway runs under cProfile (CPU-time
-timer), enabled only during a burst and a paced throughput window (SIGUSR1
-starts it, SIGUSR2 writes ``PREFIX-<mode>.prof``); selected entries are
-printed as shares and per chunk, then the top entries.
-
-Nothing is asserted; every loop is bounded in count and time; every child
-process is killed on exit, even on error.
+CPU is utime+stime from /proc/<pid>/stat. The machine may be shared: before
+each phase the run waits (``--quiet-wait`` s at most in all) for other
+processes to go quiet, and reports how busy they kept the cores. Nothing is
+asserted; every loop is bounded in count and time; every child process is
+killed on exit, even on error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
-import json
+import hashlib
 import os
-import pstats
 import signal
 import statistics
 import subprocess
@@ -81,70 +80,142 @@ HERE = SCRIPT.parent
 ROOT = HERE.parent
 TOKEN = "tok "
 UPSTREAM_MODEL = "bench-model"
-KEY_ENV = "BENCH_OPENAI_API_KEY"
+KEY_ENV = {"openai": "BENCH_OPENAI_API_KEY", "anthropic": "BENCH_ANTHROPIC_API_KEY"}
+KEY = "sk-bench-dummy-key"
 USERS = 4
 MESSAGE = "How fast can you stream this answer to me?"
 SYSTEM = "You are a helpful assistant."  # the gateway's default system prompt
+PROVIDERS = ("openai", "anthropic")
+MODES = ("burst", "short", "first", "paced", "slow")
+PATHS = {b"/v1/chat/completions": "openai", b"/v1/messages": "anthropic"}
 perf = time.perf_counter
 
 
 # --------------------------------------------------------------------------------------------
-# The fake OpenAI-compatible server (runs in its own process: `providers.py _fake`)
+# The fake upstream (its own process: `providers.py _fake`)
 
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-    b"cache-control: no-cache\r\nx-request-id: req_bench\r\n"
+    b"cache-control: no-cache\r\nx-request-id: req_bench\r\nrequest-id: req_bench\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
 )
-MODES = ("burst", "first", "paced")
-"""How the fake sends an answer, chosen by the first path segment (``/<mode>/v1/...``):
-
-- burst: the whole answer in one write (no delay at all);
-- first: the role chunk and the first content chunk, then after ``--first-gap`` ms the rest
-  in one write (a real model's first token arrives alone);
-- paced: one content chunk every 1/``--tps`` s (a real model's steady stream).
-"""
 
 
-def sse_payloads(chunks: int) -> list[bytes]:
-    """The SSE events of one completion: role, contents, finish, usage, DONE."""
+def _sse(data: Any, event: str | None = None) -> bytes:
+    prefix = b"event: %s\n" % event.encode() if event else b""
+    return prefix + b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
+
+
+def openai_events(chunks: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Opening, content and closing SSE events of one OpenAI-compatible completion."""
     created = int(time.time())
 
     def event(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> bytes:
         choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-        body = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": UPSTREAM_MODEL,
-            "system_fingerprint": "fp_bench",
-            "choices": choices if delta is not None else [],
-            "usage": usage,
-        }
-        return b"data: " + orjson.dumps(body) + b"\n\n"
+        return _sse(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": UPSTREAM_MODEL,
+                "system_fingerprint": "fp_bench",
+                "choices": choices if delta is not None else [],
+                "usage": usage,
+            }
+        )
 
     usage = {"prompt_tokens": 20, "completion_tokens": chunks, "total_tokens": 20 + chunks}
-    return [
-        event({"role": "assistant", "content": "", "refusal": None}),
-        *[event({"content": TOKEN})] * chunks,
-        event({}, "stop"),
-        event(None, usage=usage),  # the usage chunk has no choices
-        b"data: [DONE]\n\n",
+    opening = [event({"role": "assistant", "content": "", "refusal": None})]
+    closing = [event({}, "stop"), event(None, usage=usage), _sse(b"[DONE]")]
+    return opening, [event({"content": TOKEN})] * chunks, closing
+
+
+def anthropic_events(chunks: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Opening, content and closing SSE events of one Anthropic message."""
+    usage = {"input_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_bench",
+            "type": "message",
+            "role": "assistant",
+            "model": UPSTREAM_MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 1},
+        },
+    }
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    delta = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": TOKEN},
+    }
+    opening = [
+        _sse(start, "message_start"),
+        _sse(block, "content_block_start"),
+        _sse({"type": "ping"}, "ping"),
     ]
+    closing = [
+        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        _sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": chunks},
+            },
+            "message_delta",
+        ),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]
+    return opening, [_sse(delta, "content_block_delta")] * chunks, closing
 
 
-def sse_events(chunks: int) -> list[bytes]:
-    """HTTP chunks (chunked encoding) of one completion; the last three events go together."""
-    framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in sse_payloads(chunks)]
-    return [*framed[:-3], b"".join(framed[-3:]) + b"0\r\n\r\n"]
+def framed(events: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+
+
+@dataclass
+class Answer:
+    """One pre-encoded answer: what goes first, then one piece per later chunk."""
+
+    first: bytes
+    """Head, opening events, first content chunk (and in one-write modes everything)."""
+    rest: list[bytes]
+    """Later content chunks, the last one with the closing events and the end of the body."""
+    interval: float
+    """Seconds between two pieces of ``rest`` (0: all in one write after ``gap``)."""
+    gap: float = 0.0
+
+
+def answers(a: argparse.Namespace) -> dict[tuple[str, str], Answer]:
+    out = {}
+    for provider, make in (("openai", openai_events), ("anthropic", anthropic_events)):
+        for mode in MODES:
+            count = {"short": 1, "slow": a.slow_chunks}.get(mode, a.chunks)
+            opening, contents, closing = make(count)
+            end = framed(closing) + b"0\r\n\r\n"
+            if mode in ("burst", "short"):
+                out[provider, mode] = Answer(HEAD + framed(opening + contents) + end, [], 0.0)
+            elif mode == "first":
+                first = HEAD + framed([*opening, contents[0]])
+                out[provider, mode] = Answer(first, [framed(contents[1:]) + end], 0.0, a.first_gap)
+            else:
+                tps = a.tps if mode == "paced" else a.slow_tps
+                rest = [framed([c]) for c in contents[1:]]
+                rest[-1] += end
+                out[provider, mode] = Answer(HEAD + framed([*opening, contents[0]]), rest, 1 / tps)
+    return out
 
 
 class _FakeProtocol(asyncio.Protocol):
-    events: ClassVar[list[bytes]] = []
-    burst: ClassVar[bytes] = b""
-    first_gap: ClassVar[float] = 0.02
-    interval: ClassVar[float] = 0.02
+    answers: ClassVar[dict[tuple[str, str], Answer]] = {}
 
     def __init__(self) -> None:
         self.buf = b""
@@ -166,8 +237,6 @@ class _FakeProtocol(asyncio.Protocol):
             if end < 0:
                 return
             head = self.buf[:end].lower()
-            if b"transfer-encoding: chunked" in head:
-                raise RuntimeError("fake: chunked request bodies are not supported")
             length = 0
             i = head.find(b"content-length:")
             if i >= 0:
@@ -181,48 +250,226 @@ class _FakeProtocol(asyncio.Protocol):
     def respond(self, head: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        line = head.split(b"\r\n", 1)[0].split(b" ")
-        mode = line[1].split(b"/")[1].decode() if len(line) > 2 else ""
-        if line[0] != b"post" or not line[1].endswith(b"/chat/completions") or mode not in MODES:
+        target = head.split(b"\r\n", 1)[0].split(b" ")[1]
+        mode, _, path = target[1:].partition(b"/")
+        answer = self.answers.get((PATHS.get(b"/" + path, ""), mode.decode()))
+        if answer is None:
             transport.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-        elif mode == "burst":
-            transport.write(self.burst)
+            return
+        transport.write(answer.first)
+        if not answer.rest:
+            return
+        loop = asyncio.get_running_loop()
+        if not answer.interval:
+            self.timer = loop.call_later(answer.gap, transport.write, answer.rest[0])
         else:
-            events = self.events
-            transport.write(HEAD + events[0] + events[1])
-            loop = asyncio.get_running_loop()
-            if mode == "first":
-                rest = b"".join(events[2:])
-                self.timer = loop.call_later(self.first_gap, transport.write, rest)
-            else:
-                self.timer = loop.call_later(self.interval, self._pace, 2, loop.time())
-        if b"connection: close" in head:
-            transport.close()
+            self.timer = loop.call_later(answer.interval, self._pace, answer, 0, loop.time())
 
-    def _pace(self, i: int, t0: float) -> None:
+    def _pace(self, answer: Answer, i: int, t0: float) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(self.events[i])
-        if i + 1 < len(self.events):
-            loop = asyncio.get_running_loop()
-            self.timer = loop.call_at(t0 + i * self.interval, self._pace, i + 1, t0)
+        transport.write(answer.rest[i])
+        if i + 1 < len(answer.rest):
+            # Absolute deadlines: one late timer does not delay every later chunk.
+            when = t0 + (i + 2) * answer.interval
+            self.timer = asyncio.get_running_loop().call_at(when, self._pace, answer, i + 1, t0)
 
 
-async def run_fake(port: int, chunks: int, first_gap: float, tps: float) -> None:
-    events = sse_events(chunks)
-    _FakeProtocol.events = events
-    _FakeProtocol.burst = HEAD + b"".join(events)
-    _FakeProtocol.first_gap = first_gap
-    _FakeProtocol.interval = 1.0 / tps
+async def run_fake(a: argparse.Namespace) -> None:
+    _FakeProtocol.answers = answers(a)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_FakeProtocol, "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(_FakeProtocol, "127.0.0.1", 0, backlog=2048)
     print(f"fake listening on {server.sockets[0].getsockname()[1]}", flush=True)
+    await _serve_until_signalled(server)
+
+
+async def _serve_until_signalled(server: asyncio.Server) -> None:
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# The floor: a bare relay (its own process: `providers.py _floor`)
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(payload: bytes, opcode: int = 0x1, mask: bool = False) -> bytes:
+    n = len(payload)
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((0x80 | opcode, bit | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, bit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, bit | 127)) + n.to_bytes(8, "big")
+    return head + (b"\x00\x00\x00\x00" if mask else b"") + payload
+
+
+def ws_frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Complete frames at the start of ``buf`` (removed from it), unmasked."""
+    out = []
+    pos, size = 0, len(buf)
+    while size - pos >= 2:
+        b0, b1 = buf[pos], buf[pos + 1]
+        n, head = b1 & 0x7F, 2
+        if n == 126:
+            if size - pos < 4:
+                break
+            n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+        elif n == 127:
+            if size - pos < 10:
+                break
+            n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+        masked = b1 & 0x80
+        key = bytes(buf[pos + head : pos + head + 4]) if masked else b""
+        head += 4 if masked else 0
+        if size - pos < head + n:
+            break
+        payload = bytes(buf[pos + head : pos + head + n])
+        if masked and key != b"\x00\x00\x00\x00":
+            whole = (key * (n // 4 + 1))[:n]
+            payload = (int.from_bytes(payload, "big") ^ int.from_bytes(whole, "big")).to_bytes(
+                n, "big"
+            )
+        out.append((b0 & 0x0F, payload))
+        pos += head + n
+    del buf[:pos]
+    return out
+
+
+class FloorRelay(asyncio.Protocol):
+    """One client connection of the floor: answers chat.setModel and relays chat.postChat."""
+
+    upstream: ClassVar[str] = ""
+    session: ClassVar[Any] = None  # aiohttp.ClientSession, shared (keep-alive pool)
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.open = False
+        self.model = "openai-burst"
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buf += data
+        if not self.open:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            key = b""
+            for line in bytes(self.buf[:end]).split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"sec-websocket-key":
+                    key = value.strip()
+            del self.buf[: end + 4]
+            accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            self.open = True
+        for opcode, payload in ws_frames(self.buf):
+            if opcode == 0x1:
+                self.on_request(orjson.loads(payload))
+            elif opcode == 0x9:
+                self.transport.write(ws_frame(payload, 0xA))
+            elif opcode == 0x8:
+                self.transport.write(ws_frame(payload[:2], 0x8))
+                self.transport.close()
+
+    def on_request(self, message: dict[str, Any]) -> None:
+        id_, params = message["id"], message.get("params") or {}
+        if message["method"] == "chat.setModel":
+            self.model = params["modelName"]
+            self.send({"jsonrpc": "2.0", "result": True, "id": id_})
+        elif message["method"] == "chat.postChat":
+            task = asyncio.get_running_loop().create_task(self.relay(id_, params["message"]))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        else:
+            error = {"code": -32601, "message": "Method not found"}
+            self.send({"jsonrpc": "2.0", "error": error, "id": id_})
+
+    def send(self, message: Any) -> None:
+        assert self.transport is not None
+        self.transport.write(ws_frame(orjson.dumps(message)))
+
+    async def relay(self, id_: int, text: str) -> None:
+        provider, mode = self.model.split("-", 1)
+        messages = [{"role": "user", "content": text}]
+        if provider == "openai":
+            url = f"{self.upstream}/{mode}/v1/chat/completions"
+            body: dict[str, Any] = {"model": UPSTREAM_MODEL, "stream": True, "max_tokens": 1024}
+            body["messages"] = [{"role": "system", "content": SYSTEM}, *messages]
+            body["stream_options"] = {"include_usage": True}
+            headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        else:
+            url = f"{self.upstream}/{mode}/v1/messages"
+            body = {"model": UPSTREAM_MODEL, "stream": True, "max_tokens": 1024}
+            body.update(system=SYSTEM, messages=messages)
+            headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+            headers["Content-Type"] = "application/json"
+        prefix = b'{"jsonrpc":"2.0","method":"stream.delta","params":{"id":%d,"seq":' % id_
+        seq, tail, usage = 0, b"", None
+        transport = self.transport
+        assert transport is not None
+        async with self.session.post(url, data=orjson.dumps(body), headers=headers) as response:
+            async for data in response.content.iter_any():
+                blocks = (tail + data).split(b"\n\n")
+                tail = blocks.pop()
+                parts = []
+                for block in blocks:
+                    line = block[block.find(b"data: ") + 6 :]
+                    if line == b"[DONE]":
+                        continue
+                    event = orjson.loads(line)
+                    if provider == "openai":
+                        for choice in event.get("choices") or ():
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                parts.append(piece)
+                        usage = event.get("usage") or usage
+                    elif event["type"] == "content_block_delta":
+                        parts.append(event["delta"].get("text") or "")
+                    elif event["type"] == "message_delta":
+                        usage = event["usage"]
+                if parts:
+                    text_json = orjson.dumps("".join(parts))
+                    transport.write(ws_frame(b'%s%d,"text":%s}}' % (prefix, seq, text_json)))
+                    seq += 1
+        result = {"finishReason": "stop", "model": self.model, "usage": usage}
+        self.send({"jsonrpc": "2.0", "result": result, "id": id_})
+
+
+async def run_floor(upstream_port: int) -> None:
+    import aiohttp
+
+    FloorRelay.upstream = f"http://127.0.0.1:{upstream_port}"
+    connector = aiohttp.TCPConnector(limit=2000, keepalive_timeout=30)
+    FloorRelay.session = aiohttp.ClientSession(connector=connector)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(FloorRelay, "127.0.0.1", 0, backlog=2048)
+    print(f"floor listening on {server.sockets[0].getsockname()[1]}", flush=True)
+    try:
+        await _serve_until_signalled(server)
+    finally:
+        await FloorRelay.session.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,12 +517,10 @@ async def wait_for_line(
     raise RuntimeError(f"{out.stem} did not start (looked for {marker!r}): {err}")
 
 
-def stop_process(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 5.0
-) -> None:
+def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(wait)
         except subprocess.TimeoutExpired:
@@ -290,10 +535,6 @@ def kill_all() -> None:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-
-
-def self_sys() -> float:
-    return os.times().system
 
 
 class Background:
@@ -318,17 +559,12 @@ class Background:
 
     async def quiet(self, threshold: float = 0.3) -> None:
         """Wait (within the budget) until other processes use less than ``threshold`` cores."""
-        waited, busy = 0.0, 0.0
         while self.budget > 0:
             s0 = self.snap()
             await asyncio.sleep(1.0)
-            busy = self.cores(s0, self.snap())
             self.budget -= 1.0
-            waited += 1.0
-            if busy < threshold:
+            if self.cores(s0, self.snap()) < threshold:
                 return
-        if waited:
-            print(f"  other processes still use {busy:.2f} cores; measuring anyway", flush=True)
 
     @contextlib.asynccontextmanager
     async def phase(self, name: str) -> AsyncIterator[None]:
@@ -338,25 +574,24 @@ class Background:
         self.phases[name] = self.cores(s0, self.snap())
 
     def report(self) -> None:
-        text = ", ".join(f"{name} {cores:.2f}" for name, cores in self.phases.items())
-        print(f"\nOther processes on the machine during each phase (cores busy): {text}")
+        busy = sorted(self.phases.values())
+        if busy:
+            print(
+                f"\nOther processes on the machine during the phases (cores busy of "
+                f"{os.cpu_count()}): median {statistics.median(busy):.2f}, max {busy[-1]:.2f}"
+            )
 
 
-async def start_fake(
-    workdir: Path, chunks: int, first_gap: float, tps: float
-) -> tuple[subprocess.Popen[bytes], int]:
-    out = workdir / "fake.out"
-    cmd = [sys.executable, str(SCRIPT), "_fake", "--chunks", str(chunks)]
-    cmd += ["--first-gap", str(first_gap), "--tps", str(tps)]
-    proc = spawn(cmd, out, dict(os.environ))
-    line = await wait_for_line(proc, out, "fake listening on", 20)
+async def start_child(workdir: Path, name: str, args: list[str], marker: str) -> tuple[Any, int]:
+    out = workdir / f"{name}.out"
+    proc = spawn([sys.executable, str(SCRIPT), *args], out, dict(os.environ))
+    line = await wait_for_line(proc, out, marker, 30)
     return proc, int(line.rsplit(" ", 1)[1])
 
 
 GATEWAY_TOML = """\
-# Written by bench/providers.py: OpenAI-compatible models served by the local fake, one per
-# fake mode (the first path segment of base_url picks it).
-default_model = "bench-burst"
+# Written by bench/providers.py: models served by the local fake, one per provider and mode.
+default_model = "openai-burst"
 
 [server]
 host = "127.0.0.1"
@@ -372,56 +607,45 @@ flood_close_after = 1000000
 
 GATEWAY_MODEL = """
 [[models]]
-name = "bench-{mode}"
-provider = "openai"
+name = "{provider}-{mode}"
+provider = "{provider}"
 model = "{upstream}"
-base_url = "http://127.0.0.1:{port}/{mode}/v1"
+base_url = "http://127.0.0.1:{port}/{mode}{v1}"
 api_key_env = "{key_env}"
 context_window = 8192
 max_output_tokens = 1024
-description = "Local fake OpenAI-compatible server, {mode} mode (bench/providers.py)."
 """
 
-# `gateway serve` under cProfile with a CPU-time timer, profiling only between SIGUSR1
-# (enable) and SIGUSR2 (disable, write the next of the comma-separated paths in argv[1], clear).
-PROFILE_SNIPPET = """
-import cProfile, signal, sys, time
-from gateway.cli import main
-outs = sys.argv[1].split(",")
-prof = cProfile.Profile(time.process_time)
-def _on(*_):
-    prof.enable()
-def _off(*_):
-    prof.disable()
-    if outs:
-        prof.dump_stats(outs.pop(0))
-    prof.clear()
-signal.signal(signal.SIGUSR1, _on)
-signal.signal(signal.SIGUSR2, _off)
-sys.exit(main(sys.argv[2:]))
-"""
+UVLOOP_SNIPPET = (
+    "import sys, uvloop; uvloop.install(); from gateway.cli import main; sys.exit(main())"
+)
 
 
-async def start_gateway(
-    workdir: Path, fake_port: int, profiles: list[str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
+async def start_gateway(workdir: Path, fake_port: int, loop: str) -> tuple[Any, int]:
     config = workdir / "gateway.toml"
     text = GATEWAY_TOML + "".join(
-        GATEWAY_MODEL.format(mode=m, upstream=UPSTREAM_MODEL, port=fake_port, key_env=KEY_ENV)
+        GATEWAY_MODEL.format(
+            provider=p,
+            mode=m,
+            upstream=UPSTREAM_MODEL,
+            port=fake_port,
+            v1="/v1" if p == "openai" else "",
+            key_env=KEY_ENV[p],
+        )
+        for p in PROVIDERS
         for m in MODES
     )
-    with open(config, "w") as fh:
-        fh.write(text)
+    config.write_text(text)
     env = dict(os.environ)
     env["GATEWAY_API_KEYS"] = ",".join(f"user{i}:bench-key-{i}" for i in range(USERS))
-    env[KEY_ENV] = "sk-bench-dummy-key"
+    env.update({var: KEY for var in KEY_ENV.values()})
     env.pop("GATEWAY_DEFAULT_MODEL", None)
     args = ["serve", "--port", "0", "--config", str(config)]
-    if profiles is None:
-        cmd = [sys.executable, "-m", "gateway", *args]
+    if loop == "uvloop":
+        cmd = [sys.executable, "-c", UVLOOP_SNIPPET, *args]
     else:
-        cmd = [sys.executable, "-c", PROFILE_SNIPPET, ",".join(profiles), *args]
-    out = workdir / f"gateway-{time.monotonic_ns()}.out"
+        cmd = [sys.executable, "-m", "gateway", *args]
+    out = workdir / f"gateway-{loop}.out"
     proc = spawn(cmd, out, env)
     line = await wait_for_line(proc, out, "Gateway listening on ws://", 60)
     return proc, int(line.rsplit(":", 1)[1].split("/")[0])
@@ -438,6 +662,11 @@ class Counters:
     completed: int = 0
     wrong_length: int = 0
     errors: int = 0
+    lateness: list[float] | None = None
+    """Per frame: arrival minus the upstream's schedule (request sent + i / tps), if recorded."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """How answers that were not complete ended (error code or finish reason)."""
+    interval: float = 0.0
 
 
 @dataclass
@@ -469,14 +698,12 @@ class WSClient(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.calls: dict[int, Call] = {}
         self.next_id = 1
-        self.user = ""
 
     @classmethod
     async def connect(cls, port: int, user: int) -> WSClient:
         loop = asyncio.get_running_loop()
         _, client = await loop.create_connection(cls, "127.0.0.1", port)
         assert client.transport is not None
-        client.user = f"user{user}"
         client.transport.write(
             (
                 f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -504,15 +731,8 @@ class WSClient(asyncio.Protocol):
         self.calls.clear()
 
     def send(self, payload: bytes, opcode: int = 0x1) -> None:
-        n = len(payload)
-        if n < 126:
-            head = bytes((0x80 | opcode, 0x80 | n))
-        elif n < 65536:
-            head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-        else:
-            head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
         assert self.transport is not None
-        self.transport.write(head + b"\x00\x00\x00\x00" + payload)
+        self.transport.write(ws_frame(payload, opcode, mask=True))
 
     def start(self, method: str, params: Any, counters: Counters | None = None) -> Call:
         call_id = self.next_id
@@ -548,23 +768,7 @@ class WSClient(asyncio.Protocol):
                 self.opened.set_exception(ConnectionError(status.decode(errors="replace")))
                 return
             self.opened.set_result(None)
-        pos, size = 0, len(buf)
-        while size - pos >= 2:
-            b0, n = buf[pos], buf[pos + 1] & 0x7F
-            head = 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if size - pos < head + n:
-                break
-            payload = bytes(buf[pos + head : pos + head + n])
-            pos += head + n
-            opcode = b0 & 0x0F
+        for opcode, payload in ws_frames(buf):
             if opcode == 0x1:
                 self.on_message(payload)
             elif opcode == 0x9:
@@ -572,25 +776,30 @@ class WSClient(asyncio.Protocol):
             elif opcode == 0x8:
                 assert self.transport is not None
                 self.transport.close()
-        del buf[:pos]
 
     def on_message(self, payload: bytes) -> None:
+        now = perf()
         message = orjson.loads(payload)
         if message.get("method") == "stream.delta":
             params = message["params"]
             call = self.calls.get(params["id"])
             if call is None:
                 return
+            counters = call.counters
             if not call.frames:
-                call.first = perf()
+                call.first = now
+            if counters is not None and counters.lateness is not None:
+                # Against the upstream's schedule: its chunk i leaves i intervals after the
+                # request arrives (the first frame's lateness is its time to first token).
+                counters.lateness.append(now - call.sent - call.tokens * counters.interval)
             if params["seq"] != call.frames:
                 call.seq_ok = False
             call.frames += 1
             tokens = params["text"].count(TOKEN)
             call.tokens += tokens
-            if call.counters is not None:
-                call.counters.tokens += tokens
-                call.counters.frames += 1
+            if counters is not None:
+                counters.tokens += tokens
+                counters.frames += 1
         elif "id" in message:
             call = self.calls.pop(message["id"], None)
             if call is not None and not call.done.done():
@@ -605,87 +814,52 @@ class WSClient(asyncio.Protocol):
             self.transport.close()
 
 
-async def set_model(clients: list[WSClient], mode: str) -> None:
-    """Point every user of ``clients`` at the model of ``mode`` (sessions are per user)."""
-    done: set[str] = set()
-    for ws in clients:
-        if ws.user not in done:
-            assert await ws.call("chat.setModel", {"modelName": f"bench-{mode}"}) is True
-            done.add(ws.user)
+async def set_model(clients: list[WSClient], model: str) -> None:
+    """Point every connection at ``model`` (the floor keeps it per connection)."""
+    await asyncio.gather(*(ws.call("chat.setModel", {"modelName": model}) for ws in clients))
 
 
-class RawHTTP(asyncio.Protocol):
-    """A minimal keep-alive HTTP/1.1 client for the floor: send -> first content event."""
+def sdk_client(provider: str, port: int, mode: str) -> Any:
+    if provider == "openai":
+        import openai
 
-    FIRST = b'"content":"' + TOKEN.encode() + b'"'
-    END = b"data: [DONE]\n\n\r\n0\r\n\r\n"
+        url = f"http://127.0.0.1:{port}/{mode}/v1"
+        return openai.AsyncOpenAI(api_key=KEY, base_url=url, max_retries=0)
+    import anthropic
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.first: asyncio.Future[float] | None = None
-        self.end: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for fut in (self.first, self.end):
-            if fut is not None and not fut.done():
-                fut.set_exception(ConnectionError("raw http connection closed"))
-
-    def data_received(self, data: bytes) -> None:
-        now = perf()
-        self.buf += data
-        if self.first is not None and not self.first.done() and self.FIRST in self.buf:
-            self.first.set_result(now)
-        if self.end is not None and self.buf.endswith(self.END):
-            self.buf.clear()
-            self.end.set_result(None)
-
-    async def request(self, port: int, mode: str, body: bytes) -> tuple[float, float]:
-        """(sent, first token) perf_counter times of one completion, read to its end."""
-        loop = asyncio.get_running_loop()
-        self.first, self.end = loop.create_future(), loop.create_future()
-        assert self.transport is not None
-        sent = perf()
-        self.transport.write(
-            b"POST /%s/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-            b"Authorization: Bearer sk-bench\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (mode.encode(), port, len(body), body)
-        )
-        first = await self.first
-        await self.end
-        return sent, first
+    url = f"http://127.0.0.1:{port}/{mode}"
+    return anthropic.AsyncAnthropic(api_key=KEY, base_url=url, max_retries=0)
 
 
-def request_kwargs() -> dict[str, Any]:
-    """What the gateway sends upstream for chat.postChat, as SDK keyword arguments."""
-    return {
-        "model": UPSTREAM_MODEL,
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": MESSAGE},
-        ],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "max_tokens": 1024,
-    }
-
-
-async def sdk_completion(client: Any, counters: Counters | None = None) -> tuple[float, float, int]:
-    """(sent, first token, tokens) of one streamed completion through the openai SDK."""
+async def sdk_completion(
+    provider: str, client: Any, counters: Counters | None = None
+) -> tuple[float, float, int]:
+    """(sent, first token, tokens) of one streamed answer through the provider's SDK."""
     sent = perf()
     first = 0.0
     tokens = 0
-    stream = await client.chat.completions.create(**request_kwargs())
+    messages = [{"role": "user", "content": MESSAGE}]
+    if provider == "openai":
+        stream = await client.chat.completions.create(
+            model=UPSTREAM_MODEL,
+            messages=[{"role": "system", "content": SYSTEM}, *messages],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=1024,
+        )
+    else:
+        stream = await client.messages.create(
+            model=UPSTREAM_MODEL, system=SYSTEM, messages=messages, max_tokens=1024, stream=True
+        )
     try:
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                if not first:
-                    first = perf()
-                n = chunk.choices[0].delta.content.count(TOKEN)
+        async for event in stream:
+            if provider == "openai":
+                text = event.choices[0].delta.content if event.choices else None
+            else:
+                text = event.delta.text if event.type == "content_block_delta" else None
+            if text:
+                first = first or perf()
+                n = text.count(TOKEN)
                 tokens += n
                 if counters is not None:
                     counters.tokens += n
@@ -693,14 +867,6 @@ async def sdk_completion(client: Any, counters: Counters | None = None) -> tuple
     finally:
         await stream.close()
     return sent, first, tokens
-
-
-def sdk_client(port: int, mode: str) -> Any:
-    import openai
-
-    return openai.AsyncOpenAI(
-        api_key="sk-bench-dummy-key", base_url=f"http://127.0.0.1:{port}/{mode}/v1", max_retries=0
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,441 +881,278 @@ def pct(values: list[float], q: float) -> float:
 
 
 @dataclass
-class Latency:
+class Subject:
+    """A path under test: the floor, a gateway (asyncio or uvloop), or the SDK in-process."""
+
     name: str
-    values: list[float] = field(default_factory=list)
+    port: int = 0
+    pid: int = 0
+    """0: the SDK, in this process."""
+
+    def cpu(self) -> float:
+        return proc_cpu(self.pid) if self.pid else time.process_time()
+
+    def sys(self) -> float:
+        return proc_sys(self.pid) if self.pid else os.times().system
 
 
 async def measure_ttft(
-    mode: str, chunks: int, fake_port: int, gw_port: int, requests: int, warmup: int, budget: float
-) -> tuple[Latency, Latency, Latency]:
-    """Sequential requests, the three paths interleaved; each read to its end."""
-    sdk = sdk_client(fake_port, mode)
-    loop = asyncio.get_running_loop()
-    _, raw = await loop.create_connection(RawHTTP, "127.0.0.1", fake_port)
-    raw_body = orjson.dumps(request_kwargs())
-    ws = await WSClient.connect(gw_port, 0)
-    await set_model([ws], mode)
-    out = Latency("raw HTTP -> fake"), Latency("openai SDK -> fake"), Latency("gateway (WS)")
-    deadline = perf() + budget
+    provider: str, subjects: list[Subject], fake_port: int, a: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Sequential ``first``-mode answers, the subjects interleaved; each read to its end."""
+    out: dict[str, list[float]] = {s.name: [] for s in subjects}
+    sockets: dict[str, WSClient] = {}
+    sdk = sdk_client(provider, fake_port, "first")
     try:
-        for i in range(warmup + requests):
+        for s in subjects:
+            if s.pid:
+                sockets[s.name] = await WSClient.connect(s.port, 0)
+                await set_model([sockets[s.name]], f"{provider}-first")
+        deadline = perf() + a.ttft_budget
+        for i in range(a.warmup_requests + a.requests):
             if perf() > deadline:
-                print(f"  TTFT {mode}: time budget spent after {i - warmup} requests", flush=True)
+                print(f"  TTFT {provider}: time budget spent after {i} requests", flush=True)
                 break
-            async with asyncio.timeout(10):
-                sent, first = await raw.request(fake_port, mode, raw_body)
-                raw_ttft = first - sent
-                sent, first, got = await sdk_completion(sdk)
-                sdk_ttft = first - sent
-                assert got == chunks, f"SDK received {got} tokens, expected {chunks}"
-                call = ws.post_chat()
-                reply = await call.done
-                assert "result" in reply, reply
-                assert call.tokens == chunks and call.seq_ok, (call.tokens, call.seq_ok)
-                gw_ttft = call.first - call.sent
-            if i >= warmup:
-                out[0].values.append(raw_ttft)
-                out[1].values.append(sdk_ttft)
-                out[2].values.append(gw_ttft)
+            for s in subjects:
+                async with asyncio.timeout(10):
+                    if s.pid:
+                        call = sockets[s.name].post_chat()
+                        reply = await call.done
+                        assert "result" in reply and call.tokens == a.chunks, (reply, call.tokens)
+                        ttft = call.first - call.sent
+                    else:
+                        sent, first, got = await sdk_completion(provider, sdk)
+                        assert got == a.chunks, got
+                        ttft = first - sent
+                if i >= a.warmup_requests:
+                    out[s.name].append(ttft)
     finally:
-        await ws.close()
-        assert raw.transport is not None
-        raw.transport.close()
+        for ws in sockets.values():
+            await ws.close()
         await sdk.close()
     return out
 
 
 @dataclass
-class Throughput:
-    name: str
+class Load:
+    provider: str
+    mode: str
+    subject: str
     seconds: float
     tokens: int
     frames: int
     completed: int
-    subject_cpu: float
-    subject_sys: float
-    """CPU seconds of the process doing the work measured (gateway, or the SDK client)."""
-    client_cpu: float
-    fake_cpu: float
+    cpu: float
+    sys: float
     errors: int
     wrong: int
+    streams: int
+    lateness: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
-    def rate(self) -> float:
-        return self.tokens / self.seconds
+    def us_per_chunk(self) -> float:
+        return self.cpu / self.tokens * 1e6 if self.tokens else float("nan")
 
     @property
-    def per_cpu(self) -> float:
-        return self.tokens / self.subject_cpu if self.subject_cpu else float("nan")
+    def ms_per_request(self) -> float:
+        return self.cpu / self.completed * 1e3 if self.completed else float("nan")
 
 
 Worker = Callable[[Counters], Coroutine[Any, Any, None]]
 MAX_CALLS = 1_000_000
-"""Per worker: a bound on completions, whatever the time."""
+"""Per worker: a bound on answers, whatever the time."""
 
 
-async def drive(
-    name: str,
-    workers: list[Worker],
-    cpu_of_subject: Callable[[], float],
-    sys_of_subject: Callable[[], float],
-    fake_pid: int,
-    warmup: float,
+async def run_load(
+    provider: str,
+    mode: str,
+    subject: Subject,
+    fake_port: int,
+    *,
+    streams: int,
+    connections: int,
+    expected: int,
     seconds: float,
-    marks: tuple[Callable[[], None], Callable[[], None]] | None = None,
-) -> Throughput:
-    """Run the workers; count from ``warmup`` to ``warmup + seconds``; then cancel them."""
-    counters = Counters()
-    tasks = [asyncio.create_task(w(counters)) for w in workers]
+    warmup: float,
+    interval: float = 0.0,
+    late: bool = False,
+) -> Load:
+    """``streams`` back-to-back answers at once; counted from ``warmup`` for ``seconds``."""
+    counters = Counters(interval=interval)
+    clients: list[WSClient] = []
+    sdk = None
+    if subject.pid:
+        for i in range(connections):
+            clients.append(await WSClient.connect(subject.port, i % USERS))
+        await set_model(clients, f"{provider}-{mode}")
+    else:
+        sdk = sdk_client(provider, fake_port, mode)
+
+    def worker(i: int) -> Worker:
+        async def run(counters: Counters) -> None:
+            # Paced streams start spread over one chunk interval, as real users would.
+            await asyncio.sleep(i / streams * interval)
+            for _ in range(MAX_CALLS):
+                if sdk is not None:
+                    async with asyncio.timeout(60):
+                        _, _, got = await sdk_completion(provider, sdk, counters)
+                    ok = got == expected
+                else:
+                    call = clients[i % len(clients)].post_chat(counters)
+                    async with asyncio.timeout(60):
+                        reply = await call.done
+                    if "result" not in reply:
+                        counters.errors += 1
+                        code = str(reply.get("error", {}).get("code"))
+                        counters.failures[code] = counters.failures.get(code, 0) + 1
+                        await asyncio.sleep(0.01)
+                        continue
+                    ok = call.tokens == expected and call.seq_ok
+                    if not ok:
+                        why = f"{reply['result'].get('finishReason')}/{call.tokens} chunks"
+                        counters.failures[why] = counters.failures.get(why, 0) + 1
+                counters.completed += 1
+                counters.wrong_length += not ok
+
+        return run
+
+    tasks = [asyncio.create_task(worker(i)(counters)) for i in range(streams)]
     try:
         await asyncio.sleep(warmup)
-        if marks:
-            marks[0]()
-        t0, s0, m0, f0 = perf(), cpu_of_subject(), time.process_time(), proc_cpu(fake_pid)
-        y0 = sys_of_subject()
-        k0, fr0, c0 = counters.tokens, counters.frames, counters.completed
+        if late:
+            counters.lateness = []
+        t0, c0, y0 = perf(), subject.cpu(), subject.sys()
+        k0, f0, d0, e0, w0 = (
+            counters.tokens,
+            counters.frames,
+            counters.completed,
+            counters.errors,
+            counters.wrong_length,
+        )
         await asyncio.sleep(seconds)
-        t1, s1, m1, f1 = perf(), cpu_of_subject(), time.process_time(), proc_cpu(fake_pid)
-        y1 = sys_of_subject()
-        k1, fr1, c1 = counters.tokens, counters.frames, counters.completed
-        if marks:
-            marks[1]()
+        t1, c1, y1 = perf(), subject.cpu(), subject.sys()
+        k1, f1, d1, e1, w1 = (
+            counters.tokens,
+            counters.frames,
+            counters.completed,
+            counters.errors,
+            counters.wrong_length,
+        )
     finally:
         for task in tasks:
             task.cancel()
         async with asyncio.timeout(30):
             await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            print(f"  {name}: a worker failed: {task.exception()!r}", flush=True)
-    return Throughput(
-        name=name,
-        seconds=t1 - t0,
-        tokens=k1 - k0,
-        frames=fr1 - fr0,
-        completed=c1 - c0,
-        subject_cpu=s1 - s0,
-        subject_sys=y1 - y0,
-        client_cpu=m1 - m0,
-        fake_cpu=f1 - f0,
-        errors=counters.errors,
-        wrong=counters.wrong_length,
-    )
-
-
-def stagger(mode: str, i: int, streams: int, tps: float) -> float:
-    """Start offset of stream ``i``: paced streams are spread over one chunk interval."""
-    return i / streams / tps if mode == "paced" else 0.0
-
-
-async def load_gateway(
-    mode: str,
-    gw_pid: int,
-    gw_port: int,
-    fake_pid: int,
-    a: argparse.Namespace,
-    seconds: float,
-    warmup: float,
-    marks: tuple[Callable[[], None], Callable[[], None]] | None = None,
-) -> Throughput:
-    clients = [await WSClient.connect(gw_port, i % USERS) for i in range(a.streams)]
-
-    def worker(i: int, ws: WSClient) -> Worker:
-        async def run(counters: Counters) -> None:
-            await asyncio.sleep(stagger(mode, i, a.streams, a.tps))
-            for _ in range(MAX_CALLS):
-                call = ws.post_chat(counters)
-                async with asyncio.timeout(30):
-                    reply = await call.done
-                if "result" not in reply:
-                    counters.errors += 1
-                    await asyncio.sleep(0.01)
-                    continue
-                counters.completed += 1
-                if call.tokens != a.chunks or not call.seq_ok:
-                    counters.wrong_length += 1
-
-        return run
-
-    try:
-        await set_model(clients, mode)
-        return await drive(
-            f"gateway {mode}",
-            [worker(i, ws) for i, ws in enumerate(clients)],
-            lambda: proc_cpu(gw_pid),
-            lambda: proc_sys(gw_pid),
-            fake_pid,
-            warmup,
-            seconds,
-            marks,
-        )
-    finally:
         for ws in clients:
             await ws.close()
-
-
-async def load_direct(
-    mode: str, fake_port: int, fake_pid: int, a: argparse.Namespace, seconds: float, warmup: float
-) -> Throughput:
-    sdk = sdk_client(fake_port, mode)
-
-    def worker(i: int) -> Worker:
-        async def run(counters: Counters) -> None:
-            await asyncio.sleep(stagger(mode, i, a.streams, a.tps))
-            for _ in range(MAX_CALLS):
-                async with asyncio.timeout(30):
-                    _, _, got = await sdk_completion(sdk, counters)
-                counters.completed += 1
-                if got != a.chunks:
-                    counters.wrong_length += 1
-
-        return run
-
-    try:
-        return await drive(
-            f"SDK direct {mode}",
-            [worker(i) for i in range(a.streams)],
-            time.process_time,
-            self_sys,
-            fake_pid,
-            warmup,
-            seconds,
-        )
-    finally:
-        await sdk.close()
-
-
-async def sdk_costs(chunks: int, budget: float = 5.0) -> list[tuple[str, float]]:
-    """The openai SDK's own costs, timed in isolation (no cProfile): µs per chunk or request.
-
-    Uses SDK internals (``construct_type``, ``SSEDecoder``, ``async_maybe_transform``): if
-    a future SDK moves them, this part is skipped.
-    """
-    try:
-        from openai._models import construct_type
-        from openai._streaming import SSEDecoder
-        from openai._utils import async_maybe_transform
-        from openai.types.chat import ChatCompletionChunk, completion_create_params
-    except ImportError as exc:
-        print(f"  (SDK cost breakdown skipped: {exc})")
-        return []
-    events = sse_payloads(chunks)
-    data = events[1].removeprefix(b"data: ").rstrip().decode()
-    deadline = perf() + budget
-
-    def timed(fn: Callable[[], Any], n: int) -> float:
-        fn()
-        t0 = perf()
-        for _ in range(n):
-            fn()
-            if perf() > deadline:
-                return float("nan")
-        return (perf() - t0) / n * 1e6
-
-    async def decode(pieces: list[bytes]) -> int:
-        async def source() -> AsyncIterator[bytes]:
-            for piece in pieces:
-                yield piece
-
-        return sum([1 async for _ in SSEDecoder().aiter_bytes(source())])
-
-    async def atimed(pieces: list[bytes], n: int) -> float:
-        t0 = perf()
-        for _ in range(n):
-            await decode(pieces)
-        return (perf() - t0) / n / len(events) * 1e6
-
-    params = completion_create_params.CompletionCreateParamsStreaming
-
-    async def transform_us(n: int) -> float:
-        await async_maybe_transform(request_kwargs(), params)
-        t0 = perf()
-        for _ in range(n):
-            await async_maybe_transform(request_kwargs(), params)
-        return (perf() - t0) / n * 1e6
-
-    return [
-        ("json.loads of one chunk (the SDK's parser)", timed(lambda: json.loads(data), 5000)),
-        (
-            "construct_type(ChatCompletionChunk) of one chunk",
-            timed(lambda: construct_type(type_=ChatCompletionChunk, value=json.loads(data)), 2000),
-        ),
-        ("SSEDecoder, per event, whole answer in one piece", await atimed([b"".join(events)], 20)),
-        ("SSEDecoder, per event, one event per piece", await atimed(events, 20)),
-        ("request params transform, per request", await transform_us(200)),
-    ]
+        if sdk is not None:
+            await sdk.close()
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            print(f"  {subject.name}: a worker failed: {task.exception()!r}", flush=True)
+            break
+    return Load(
+        provider=provider,
+        mode=mode,
+        subject=subject.name,
+        seconds=t1 - t0,
+        tokens=k1 - k0,
+        frames=f1 - f0,
+        completed=d1 - d0,
+        cpu=c1 - c0,
+        sys=y1 - y0,
+        errors=e1 - e0,
+        wrong=w1 - w0,
+        streams=streams,
+        lateness=list(counters.lateness or ()),
+        failures=dict(counters.failures),
+    )
 
 
 # --------------------------------------------------------------------------------------------
-# Profile
+# Report
 
 
-PROFILE_KEYS = (
-    ("openai create(): params, request, headers", "completions.py", "create"),
-    ("openai AsyncStream.__stream__ (all per chunk)", "_streaming.py", "__stream__"),
-    ("  SSEDecoder.aiter_bytes (incl. HTTP read)", "_streaming.py", "aiter_bytes"),
-    ("    httpx2 aiter_raw (httpcore2+h11+anyio)", "httpx2/_models.py", "aiter_raw"),
-    ("      anyio socket read", "_backends/anyio.py", "read"),
-    ("  _process_response_data (pydantic build)", "_base_client.py", "_process_response_data"),
-    ("gateway OpenAIProvider.stream", "providers/openai.py", "stream"),
-    ("gateway OpenAIProvider._read", "providers/openai.py", "_read"),
-    ("gateway RoutedStream._attempts", "router.py", "_attempts"),
-    ("gateway router fit() (tiktoken)", "router.py", "fit"),
-    ("gateway ChatModule._chat", "chat.py", "_chat"),
-    ("gateway Session._stream", "session.py", "_stream"),
-    ("gateway Outbound.put_delta", "outbound.py", "put_delta"),
-    ("gateway Connection._pump (frame writer)", "server/connection.py", "_pump"),
-    ("  websockets send", "websockets/asyncio/connection.py", "send"),
-)
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base and value == value and base == base else "-"
 
 
-def written(path: str) -> bool:
-    """Whether ``path`` exists and is not empty."""
-    return os.path.exists(path) and os.path.getsize(path) > 0
-
-
-def report_profile(
-    path: str, t: Throughput, per_answer: int, top: int, unprofiled_us: float | None
-) -> None:
-    """Selected entries as shares of the profile and per chunk, then the top entries.
-
-    cProfile slows the gateway several times over (most where calls are many and small), so
-    the per-chunk figures are also given scaled to the unprofiled run: share x unprofiled
-    µs per chunk.
-    """
-    stats = pstats.Stats(path)
-    total = stats.total_tt  # type: ignore[attr-defined]
-    entries = stats.stats  # type: ignore[attr-defined]
-    # Chunks the gateway parsed in the window: OpenAIProvider._read runs once per SSE chunk
-    # (per answer: a role chunk, the content chunks, a finish chunk and a usage chunk).
-    reads = sum(v[1] for k, v in entries.items() if k[2] == "_read" and k[0].endswith("openai.py"))
-    chunks = max(round(reads * per_answer / (per_answer + 3)), 1)
-    print(
-        f"\nProfile {path} ({t.name}): {total:.2f} CPU-s profiled, {chunks} content chunks "
-        f"parsed (the client received {t.tokens} in {t.frames} frames) "
-        f"-> {total / chunks * 1e6:.0f} µs per chunk profiled"
-        + (f", {unprofiled_us:.0f} unprofiled" if unprofiled_us else "")
-    )
-    scale = f"{'µs/chunk scaled':>16}" if unprofiled_us else ""
-    print(
-        f"  {'selected entry (cumulative)':<48} {'share':>6} {'self':>6} {scale} "
-        f"{'calls':>7} {'ms/call profiled':>16}"
-    )
-    for label, filename, func in PROFILE_KEYS:
-        best = None
-        for (fname, _line, fn), (_cc, nc, tt, ct, _callers) in entries.items():
-            if fn == func and fname.endswith(filename) and (best is None or ct > best[2]):
-                best = (nc, tt, ct)
-        if best is not None:
-            nc, tt, ct = best
-            scaled = f"{ct / total * unprofiled_us:16.1f}" if unprofiled_us else ""
-            print(
-                f"  {label:<48} {100 * ct / total:5.1f}% {100 * tt / total:5.1f}% {scaled} "
-                f"{nc:7d} {ct / max(nc, 1) * 1e3:16.3f}"
-            )
-    stats.strip_dirs()
-    for order in ("cumulative", "tottime"):
-        print(f"\n  Top {top} by {order}:")
-        stats.sort_stats(order).print_stats(top)
-
-
-async def run_profile(
-    fake_port: int, fake_pid: int, workdir: Path, a: argparse.Namespace, loads: list[Throughput]
-) -> None:
-    paths = [f"{a.profile}-{mode}.prof" for mode in ("burst", "paced")]
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    gw, port = await start_gateway(workdir, fake_port, profiles=paths)
-    results = []
-    try:
-        # Warm the path (first requests import and connect) before profiling.
-        await load_gateway("burst", gw.pid, port, fake_pid, a, 0.5, 0.5)
-        marks = (lambda: os.kill(gw.pid, signal.SIGUSR1), lambda: os.kill(gw.pid, signal.SIGUSR2))
-        for mode, path in zip(("burst", "paced"), paths, strict=True):
-            # cProfile slows the gateway ~6x: paced, it must stay far from saturation or reads
-            # would merge chunks; a fifth of the streams keeps one chunk per read.
-            b = argparse.Namespace(**vars(a))
-            if mode == "paced":
-                b.streams = max(1, a.streams // 5)
-            t = await load_gateway(mode, gw.pid, port, fake_pid, b, a.profile_seconds, 1.0, marks)
-            for _ in range(200):
-                if written(path):
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
-            results.append((path, t))
-    finally:
-        stop_process(gw, signal.SIGINT)
-    for path, t in results:
-        base = next((x for x in loads if x.name == t.name), None)
-        report_profile(
-            path, t, a.chunks, a.top, 1e6 / base.per_cpu if base and base.per_cpu else None
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Main
-
-
-def print_ttft(mode: str, ttft: tuple[Latency, Latency, Latency], note: str) -> None:
-    print(f"\nTTFT, {mode} mode ({note}), ms, send -> first content token:")
-    print(f"  {'path':<20} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'max':>8} {'n':>5}")
-    for lat in ttft:
-        v = [x * 1e3 for x in lat.values]
+def print_ttft(provider: str, ttft: dict[str, list[float]]) -> None:
+    print(f"\nTTFT {provider}, first token alone (ms, send -> first content token):")
+    print(f"  {'path':<16} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'n':>5} {'p50-floor':>10}")
+    floor = pct(ttft.get("floor", []), 0.5)
+    for name, values in ttft.items():
+        v = [x * 1e3 for x in values]
         if v:
+            over = (pct(values, 0.5) - floor) * 1e3
             print(
-                f"  {lat.name:<20} {pct(v, 0.5):8.3f} {pct(v, 0.9):8.3f} {pct(v, 0.99):8.3f} "
-                f"{statistics.fmean(v):8.3f} {max(v):8.3f} {len(v):5d}"
+                f"  {name:<16} {pct(v, 0.5):8.3f} {pct(v, 0.9):8.3f} {pct(v, 0.99):8.3f} "
+                f"{statistics.fmean(v):8.3f} {len(v):5d} {over:+10.3f}"
             )
-    raw, sdk, via = ttft
-    if not (via.values and sdk.values and raw.values):
-        return
-    for base, label in ((sdk, "SDK direct"), (raw, "raw HTTP")):
-        p50 = (pct(via.values, 0.5) - pct(base.values, 0.5)) * 1e3
-        p99 = (pct(via.values, 0.99) - pct(base.values, 0.99)) * 1e3
-        paired = [g - s for g, s in zip(via.values, base.values, strict=True)]
-        print(
-            f"  gateway added vs {label:<10}: p50 {p50:+8.3f}  p99 {p99:+8.3f}   (paired per "
-            f"request: p50 {pct(paired, 0.5) * 1e3:+.3f}, p99 {pct(paired, 0.99) * 1e3:+.3f})"
-        )
 
 
-def print_loads(loads: list[Throughput], a: argparse.Namespace) -> None:
+def print_loads(loads: list[Load]) -> None:
     print(
-        f"\nThroughput: {a.streams} concurrent streams, {a.chunks} chunks per completion, "
-        f"{a.seconds:g} s window after {a.warmup:g} s warm-up"
+        f"\n  {'provider':<9} {'mode':<6} {'path':<16} {'streams':>7} {'chunks/s':>9} "
+        f"{'answers/s':>9} {'CPU %':>6} {'sys%':>5} {'µs/chunk':>9} {'ms/answer':>9} "
+        f"{'vs floor':>9} {'err':>4} {'bad':>4}"
     )
-    print(
-        f"  {'path':<18} {'chunks/s':>9} {'compl/s':>8} {'frames/chunk':>12} "
-        f"{'subject CPU-s':>13} {'sys%':>5} {'chunks/CPU-s':>12} {'µs CPU/chunk':>12} "
-        f"{'client CPU-s':>12} {'fake CPU-s':>10} {'err':>4} {'bad':>4}"
-    )
-    for t in loads:
+    floors = {(x.provider, x.mode): x for x in loads if x.subject == "floor"}
+    for x in loads:
+        base = floors.get((x.provider, x.mode))
+        per = x.ms_per_request if x.mode == "short" else x.us_per_chunk
+        base_per = (
+            (base.ms_per_request if x.mode == "short" else base.us_per_chunk) if base else 0.0
+        )
         print(
-            f"  {t.name:<18} {t.rate:9.0f} {t.completed / t.seconds:8.1f} "
-            f"{t.frames / max(t.tokens, 1):12.3f} {t.subject_cpu:13.2f} "
-            f"{100 * t.subject_sys / max(t.subject_cpu, 1e-9):5.0f} {t.per_cpu:12.0f} "
-            f"{1e6 / t.per_cpu if t.per_cpu else float('nan'):12.1f} {t.client_cpu:12.2f} "
-            f"{t.fake_cpu:10.2f} {t.errors:4d} {t.wrong:4d}"
+            f"  {x.provider:<9} {x.mode:<6} {x.subject:<16} {x.streams:7d} "
+            f"{x.tokens / x.seconds:9.0f} {x.completed / x.seconds:9.1f} "
+            f"{100 * x.cpu / x.seconds:6.0f} {100 * x.sys / max(x.cpu, 1e-9):5.0f} "
+            f"{x.us_per_chunk:9.1f} {x.ms_per_request:9.3f} {ratio(per, base_per):>9} "
+            f"{x.errors:4d} {x.wrong:4d}"
         )
     print(
-        "  subject CPU = the gateway process (gateway rows) / this process running the openai "
-        "SDK (direct rows); sys% = its kernel share (on loopback a sender also pays the "
-        "receiver's TCP work);\n  client CPU = this process (for gateway rows: the WebSocket "
-        "client)"
+        "  CPU = the floor / gateway process, or this process for the SDK rows; vs floor: "
+        "µs/chunk (ms/answer for short answers) over the floor's"
     )
-    by_name = {t.name: t for t in loads}
-    for mode in ("burst", "paced"):
-        gw, direct = by_name.get(f"gateway {mode}"), by_name.get(f"SDK direct {mode}")
-        if gw and direct and gw.per_cpu and direct.per_cpu:
+    by = {(x.provider, x.mode, x.subject): x for x in loads}
+    for provider in PROVIDERS:
+        burst, short = (
+            by.get((provider, "burst", "gateway")),
+            by.get((provider, "short", "gateway")),
+        )
+        if burst and short and burst.tokens:
+            beyond = short.ms_per_request - burst.us_per_chunk / 1e3
             print(
-                f"  {mode}: gateway chunks/CPU-s / SDK-direct chunks/CPU-s = "
-                f"{gw.per_cpu / direct.per_cpu:.2f};  chunks/s gateway / direct = "
-                f"{gw.rate / direct.rate:.2f};  gateway µs/chunk - SDK µs/chunk = "
-                f"{1e6 / gw.per_cpu - 1e6 / direct.per_cpu:+.1f}"
+                f"  {provider}: gateway CPU per request beyond its one chunk: {beyond:.3f} ms "
+                f"(short answer {short.ms_per_request:.3f} ms - burst chunk "
+                f"{burst.us_per_chunk / 1e3:.3f} ms)"
             )
+
+
+def print_many(loads: list[Load], a: argparse.Namespace) -> None:
+    print(
+        f"\nMany paced answers: {a.many} at once over {a.many_conns} connections, "
+        f"{a.slow_tps:g} chunks/s each, {a.slow_chunks} chunks per answer, OpenAI-compatible:"
+    )
+    print(
+        "  (late: frame arrival minus the upstream's schedule, request sent + i / tps; delivered:"
+        " answers ended in the window with every chunk, in order)"
+    )
+    print(
+        f"  {'path':<16} {'chunks/s':>9} {'CPU %':>6} {'µs/chunk':>9} {'delivered':>10} "
+        f"{'late p50':>9} {'p99':>8} {'max':>8} {'frames/chunk':>12}  failures"
+    )
+    for x in loads:
+        ended = x.completed + x.errors
+        late = [v * 1e3 for v in x.lateness]
+        print(
+            f"  {x.subject:<16} {x.tokens / x.seconds:9.0f} {100 * x.cpu / x.seconds:6.0f} "
+            f"{x.us_per_chunk:9.1f} {100 * (x.completed - x.wrong) / max(ended, 1):9.1f}% "
+            f"{pct(late, 0.5):8.1f}ms {pct(late, 0.99):6.1f}ms {max(late, default=0):6.1f}ms "
+            f"{x.frames / max(x.tokens, 1):12.3f}  {x.failures or ''}"
+        )
 
 
 def revision() -> str:
@@ -1167,89 +1170,137 @@ def revision() -> str:
     return f"{head or 'unknown'}{' + local changes in gateway/' if dirty else ''}"
 
 
+# --------------------------------------------------------------------------------------------
+# Main
+
+
 async def main_async(a: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-providers-"))
+    try:
+        import uvloop  # noqa: F401
+
+        loops = ["asyncio", "uvloop"] if not a.no_uvloop else ["asyncio"]
+    except ImportError:
+        loops = ["asyncio"]
     print(
-        f"bench/providers.py: {a.chunks} chunks/completion, TTFT {a.requests} requests per mode, "
-        f"throughput {a.streams} streams x {a.seconds:g} s, paced at {a.tps:g} chunks/s; "
-        f"{os.cpu_count()} cores; gateway at {revision()}; logs in {workdir}",
+        f"bench/providers.py: {a.chunks} chunks per answer, {a.streams} streams, {a.seconds:g} s "
+        f"windows, paced {a.tps:g}/s, many {a.many} x {a.slow_tps:g}/s; {os.cpu_count()} cores; "
+        f"gateway at {revision()} ({', '.join(loops)}); logs in {workdir}",
         flush=True,
     )
-    fake, fake_port = await start_fake(workdir, a.chunks, a.first_gap / 1e3, a.tps)
-    gw, gw_port = await start_gateway(workdir, fake_port)
-    print(
-        f"  fake pid {fake.pid} port {fake_port}; gateway pid {gw.pid} port {gw_port}", flush=True
+    fake_args = ["_fake", "--chunks", str(a.chunks), "--slow-chunks", str(a.slow_chunks)]
+    fake_args += ["--first-gap", str(a.first_gap), "--tps", str(a.tps)]
+    fake_args += ["--slow-tps", str(a.slow_tps)]
+    _, fake_port = await start_child(workdir, "fake", fake_args, "fake listening on")
+    floor, floor_port = await start_child(
+        workdir, "floor", ["_floor", "--upstream", str(fake_port)], "floor listening on"
     )
-    ttfts = {}
-    loads: list[Throughput] = []
-    bg = Background([fake.pid, gw.pid], a.quiet_wait)
-    try:
-        for mode in ("first", "burst"):
-            async with bg.phase(f"TTFT {mode}"):
-                ttfts[mode] = await measure_ttft(
-                    mode, a.chunks, fake_port, gw_port, a.requests, a.warmup_requests, a.ttft_budget
+    subjects = [Subject("floor", floor_port, floor.pid), Subject("SDK direct")]
+    for loop in loops:
+        gw, gw_port = await start_gateway(workdir, fake_port, loop)
+        name = "gateway" if loop == "asyncio" else "gateway uvloop"
+        subjects.append(Subject(name, gw_port, gw.pid))
+    bg = Background([p.pid for p in _children], a.quiet_wait)
+    ttfts: dict[str, dict[str, list[float]]] = {}
+    loads: list[Load] = []
+    many: list[Load] = []
+    for provider in PROVIDERS:
+        async with bg.phase(f"TTFT {provider}"):
+            ttfts[provider] = await measure_ttft(provider, subjects, fake_port, a)
+        print(f"  TTFT {provider} done", flush=True)
+        for mode in ("burst", "short", "paced"):
+            for s in subjects:
+                async with bg.phase(f"{provider} {mode} {s.name}"):
+                    loads.append(
+                        await run_load(
+                            provider,
+                            mode,
+                            s,
+                            fake_port,
+                            streams=a.streams,
+                            connections=a.streams,
+                            expected=1 if mode == "short" else a.chunks,
+                            seconds=a.seconds,
+                            warmup=a.warmup,
+                            interval=1 / a.tps if mode == "paced" else 0.0,
+                        )
+                    )
+            print(f"  {provider} {mode} done", flush=True)
+    for s in subjects:
+        if not s.pid:
+            continue  # the SDK cannot keep up with thousands of chunks per second
+        async with bg.phase(f"many {s.name}"):
+            many.append(
+                await run_load(
+                    "openai",
+                    "slow",
+                    s,
+                    fake_port,
+                    streams=a.many,
+                    connections=a.many_conns,
+                    expected=a.slow_chunks,
+                    seconds=a.many_seconds,
+                    warmup=a.many_warmup,
+                    interval=1 / a.slow_tps,
+                    late=True,
                 )
-            print(f"  TTFT {mode} done", flush=True)
-        for mode in ("burst", "paced"):
-            async with bg.phase(f"gateway {mode}"):
-                t = await load_gateway(mode, gw.pid, gw_port, fake.pid, a, a.seconds, a.warmup)
-            loads.append(t)
-            async with bg.phase(f"direct {mode}"):
-                t = await load_direct(mode, fake_port, fake.pid, a, a.seconds, a.warmup)
-            loads.append(t)
-            print(f"  throughput {mode} done", flush=True)
-    finally:
-        stop_process(gw)
-    print_ttft(
-        "first",
-        ttfts["first"],
-        f"the first content chunk alone, the rest {a.first_gap:g} ms later",
+            )
+        print(f"  many {s.name} done", flush=True)
+    for provider in PROVIDERS:
+        print_ttft(provider, ttfts[provider])
+    print(
+        "\nThroughput (burst: whole answers in one write; short: one chunk; paced: "
+        f"{a.tps:g} chunks/s per stream):"
     )
-    print_ttft("burst", ttfts["burst"], "the whole answer in one write")
-    print_loads(loads, a)
+    print_loads(loads)
+    print_many(many, a)
     bg.report()
-    costs = await sdk_costs(a.chunks)
-    if costs:
-        print("\nThe openai SDK's own costs, timed in isolation in this process (µs):")
-        for label, us in costs:
-            print(f"  {label:<52} {us:8.1f}")
-    if a.profile:
-        await run_profile(fake_port, fake.pid, workdir, a, loads)
+    print("Figures from a shared machine: compare rows within this run, not across runs.")
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_fake":
+    if len(sys.argv) > 1 and sys.argv[1] in ("_fake", "_floor"):
         p = argparse.ArgumentParser()
-        p.add_argument("_fake")
-        p.add_argument("--port", type=int, default=0)
-        p.add_argument("--chunks", type=int, required=True)
-        p.add_argument("--first-gap", type=float, required=True)
-        p.add_argument("--tps", type=float, required=True)
+        p.add_argument("role")
+        p.add_argument("--chunks", type=int, default=200)
+        p.add_argument("--slow-chunks", type=int, default=60)
+        p.add_argument("--first-gap", type=float, default=20.0)
+        p.add_argument("--tps", type=float, default=50.0)
+        p.add_argument("--slow-tps", type=float, default=20.0)
+        p.add_argument("--upstream", type=int, default=0)
         f = p.parse_args()
-        asyncio.run(run_fake(f.port, f.chunks, f.first_gap, f.tps))
+        f.first_gap /= 1e3
+        if f.role == "_fake":
+            asyncio.run(run_fake(f))
+        else:
+            asyncio.run(run_floor(f.upstream))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run, under 30 s")
-    parser.add_argument("--chunks", type=int, default=200, help="content chunks per completion")
-    parser.add_argument("--requests", type=int, default=200, help="TTFT requests per path")
-    parser.add_argument("--streams", type=int, default=20, help="concurrent streams (throughput)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="throughput window")
-    parser.add_argument("--tps", type=float, default=50.0, help="paced mode: chunks/s per stream")
-    parser.add_argument(
-        "--first-gap", type=float, default=20.0, help="first mode: ms between token 1 and the rest"
-    )
-    parser.add_argument(
-        "--profile",
-        metavar="PREFIX",
-        help="also profile a gateway: writes PREFIX-{burst,paced}.prof",
-    )
-    parser.add_argument("--profile-seconds", type=float, default=5.0)
-    parser.add_argument("--top", type=int, default=25, help="profile entries to print")
+    parser.add_argument("--quick", action="store_true", help="smoke run, about a minute")
+    parser.add_argument("--chunks", type=int, default=200, help="chunks per answer")
+    parser.add_argument("--requests", type=int, default=100, help="TTFT requests per path")
+    parser.add_argument("--streams", type=int, default=50, help="concurrent streams")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring window")
+    parser.add_argument("--tps", type=float, default=50.0, help="paced: chunks/s per stream")
+    parser.add_argument("--first-gap", type=float, default=20.0, help="ms after the 1st token")
+    parser.add_argument("--many", type=int, default=1000, help="many: concurrent answers")
+    parser.add_argument("--many-conns", type=int, default=250, help="many: connections")
+    parser.add_argument("--slow-tps", type=float, default=20.0, help="many: chunks/s each")
+    parser.add_argument("--slow-chunks", type=int, default=60, help="many: chunks per answer")
+    parser.add_argument("--many-seconds", type=float, default=8.0)
+    parser.add_argument("--no-uvloop", action="store_true", help="skip the uvloop gateway")
+    parser.add_argument("--quiet-wait", type=float, default=20.0, help="s to wait for quiet")
     a = parser.parse_args()
-    a.warmup_requests, a.warmup, a.ttft_budget, a.quiet_wait = 20, 1.0, 45.0, 30.0
+    a.warmup_requests, a.warmup, a.many_warmup, a.ttft_budget = 10, 1.0, 3.0, 20.0
     if a.quick:
-        a.requests, a.seconds, a.profile_seconds = 25, 2.0, 2.0
-        a.warmup_requests, a.warmup, a.ttft_budget, a.quiet_wait = 5, 0.5, 6.0, 0.0
+        a.requests, a.seconds, a.many, a.many_conns, a.many_seconds = 20, 1.0, 200, 50, 3.0
+        a.warmup_requests, a.warmup, a.many_warmup, a.ttft_budget, a.quiet_wait = (
+            3,
+            0.5,
+            2.0,
+            5.0,
+            0.0,
+        )
     try:
         asyncio.run(main_async(a))
     finally:
