@@ -1205,10 +1205,13 @@ async def main_async(a: argparse.Namespace) -> None:
     loads: list[Load] = []
     many: list[Load] = []
     for provider in PROVIDERS:
-        async with bg.phase(f"TTFT {provider}"):
-            ttfts[provider] = await measure_ttft(provider, subjects, fake_port, a)
-        print(f"  TTFT {provider} done", flush=True)
+        if "ttft" in a.only:
+            async with bg.phase(f"TTFT {provider}"):
+                ttfts[provider] = await measure_ttft(provider, subjects, fake_port, a)
+            print(f"  TTFT {provider} done", flush=True)
         for mode in ("burst", "short", "paced"):
+            if mode not in a.only:
+                continue
             for s in subjects:
                 async with bg.phase(f"{provider} {mode} {s.name}"):
                     loads.append(
@@ -1227,7 +1230,7 @@ async def main_async(a: argparse.Namespace) -> None:
                     )
             print(f"  {provider} {mode} done", flush=True)
     for s in subjects:
-        if not s.pid:
+        if not s.pid or "many" not in a.only:
             continue  # the SDK cannot keep up with thousands of chunks per second
         async with bg.phase(f"many {s.name}"):
             many.append(
@@ -1246,14 +1249,15 @@ async def main_async(a: argparse.Namespace) -> None:
                 )
             )
         print(f"  many {s.name} done", flush=True)
-    for provider in PROVIDERS:
-        print_ttft(provider, ttfts[provider])
+    for provider, ttft in ttfts.items():
+        print_ttft(provider, ttft)
     print(
         "\nThroughput (burst: whole answers in one write; short: one chunk; paced: "
         f"{a.tps:g} chunks/s per stream):"
     )
     print_loads(loads)
-    print_many(many, a)
+    if many:
+        print_many(many, a)
     bg.report()
     print("Figures from a shared machine: compare rows within this run, not across runs.")
 
@@ -1289,8 +1293,12 @@ def main() -> None:
     parser.add_argument("--slow-chunks", type=int, default=60, help="many: chunks per answer")
     parser.add_argument("--many-seconds", type=float, default=8.0)
     parser.add_argument("--no-uvloop", action="store_true", help="skip the uvloop gateway")
+    parser.add_argument(
+        "--only", default="ttft,burst,short,paced,many", help="phases to run (comma-separated)"
+    )
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="s to wait for quiet")
     a = parser.parse_args()
+    a.only = set(a.only.split(","))
     a.warmup_requests, a.warmup, a.many_warmup, a.ttft_budget = 10, 1.0, 3.0, 20.0
     if a.quick:
         a.requests, a.seconds, a.many, a.many_conns, a.many_seconds = 20, 1.0, 200, 50, 3.0

@@ -82,7 +82,6 @@ _ERRORS: dict[type[BaseException], Target] = {
 }
 
 _LENGTH_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
-_JSON = {"Content-Type": "application/json"}
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -150,8 +149,7 @@ class AnthropicProvider:
                 response = await self._client.post(
                     PATH,
                     cast_to=httpx2.Response,
-                    content=content,
-                    options={"headers": _JSON},
+                    content=content,  # the SDK's default headers say it is JSON
                     stream=True,
                 )
             try:

@@ -76,7 +76,6 @@ _ERRORS: dict[type[BaseException], Target] = {
 }
 
 _DONE = b"[DONE]"
-_JSON = {"Content-Type": "application/json"}
 
 
 def finish_reason(reason: str) -> str:
@@ -129,8 +128,7 @@ class OpenAIProvider:
                 response = await self._client.post(
                     PATH,
                     cast_to=httpx2.Response,
-                    content=content,
-                    options={"headers": _JSON},
+                    content=content,  # the SDK's default headers say it is JSON
                     stream=True,
                 )
             try:

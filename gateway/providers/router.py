@@ -141,6 +141,14 @@ class ModelRouter:
                 self._unavailable[model.name] = built
             else:
                 self._providers[model.name] = built
+        # Each model's failover chain, looked up once here rather than on every request.
+        self._chains: dict[str, tuple[tuple[str, ModelConfig, Provider], ...]] = {
+            name: tuple(
+                (candidate, self._configs[candidate], self._providers[candidate])
+                for candidate in self.candidates(name)
+            )
+            for name in self._providers
+        }
         # Loading the encoding takes a fraction of a second: pay it at start, not in a request.
         load_encoding()
 
@@ -179,6 +187,10 @@ class ModelRouter:
 
     def provider(self, name: str) -> Provider:
         return self._providers[name]
+
+    def chain(self, name: str) -> tuple[tuple[str, ModelConfig, Provider], ...]:
+        """``name`` and its available fallbacks with their configs and providers, in order."""
+        return self._chains[name]
 
     def candidates(self, name: str) -> list[str]:
         """``name`` and then its available fallbacks, in order, each once."""
@@ -257,12 +269,9 @@ class RoutedStream:
     async def _first(self) -> Chunk:
         """Try the model, then its fallbacks, until one gives a first chunk (or ends)."""
         self._done = True  # whatever happens here, this stream is not opened twice
-        router = self._router
-        chain = router.candidates(self.model)
+        chain = self._router.chain(self.model)
         failure: UpstreamError | None = None
-        for position, name in enumerate(chain):
-            config = router.get(name)
-            assert config is not None
+        for position, (name, config, provider) in enumerate(chain):
             try:
                 request, dropped = fit(config, self._request)
             except LimitExceeded:
@@ -271,7 +280,7 @@ class RoutedStream:
                 log.warning("fallback model %s skipped: the conversation does not fit", name)
                 continue
             self.model, self._sent, self._dropped = name, request, dropped
-            chunks = router.provider(name).stream(request)
+            chunks = provider.stream(request)
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
@@ -284,7 +293,7 @@ class RoutedStream:
                 log.warning(
                     "model %s failed before its first token, failing over to %s: %s",
                     name,
-                    chain[position + 1],
+                    chain[position + 1][0],
                     exc.message,
                 )
                 continue
