@@ -25,6 +25,7 @@ from gateway.providers.anthropic import OPENING_PLACEHOLDER, AnthropicProvider
 from gateway.providers.base import ChatRequest, Chunk, Message, ModelConfig
 from gateway.providers.errors import parse_retry_after
 from gateway.providers.openai import OpenAIProvider
+from gateway.providers.sse import EventSplitter
 from tests.fakes import AnthropicFake, FakeServer, OpenAIFake, Reply, collect, shut
 
 Network = OpenAIProvider | AnthropicProvider
@@ -509,3 +510,28 @@ async def test_reasoning_and_text_in_one_read_keep_their_order(
         await shut(provider)
     body = [(c.reasoning, c.text) for c in chunks[:-1]]
     assert body == [("think", ""), ("", "say")]
+
+
+# Event splitting
+
+
+def test_events_are_split_across_reads_with_names_comments_and_crlf() -> None:
+    """An event cut between reads comes out whole once complete; names, multi-line data,
+    comment lines and CRLF line ends are handled; the bytes of any split point work alike."""
+    wire = (
+        b": keep-alive\n\n"
+        b'data: {"a": 1}\n\n'
+        b'event: message_stop\r\ndata: {"type": "message_stop"}\r\n\r\n'
+        b"data: line one\ndata: line two\n\n"
+        b"id: 7\nretry: 10\n\n"
+        b"data: [DONE]\n\n"
+    )
+    expected = [
+        (b"", b'{"a": 1}'),
+        (b"message_stop", b'{"type": "message_stop"}'),
+        (b"", b"line one\nline two"),
+        (b"", b"[DONE]"),
+    ]
+    for cut in range(len(wire) + 1):
+        splitter = EventSplitter()
+        assert splitter.feed(wire[:cut]) + splitter.feed(wire[cut:]) == expected, cut

@@ -121,10 +121,6 @@ class Slots:
         self._config = config
         self._semaphore = asyncio.Semaphore(config.max_connections)
 
-    @property
-    def free(self) -> int:
-        return self._semaphore._value
-
     async def acquire(self) -> None:
         semaphore = self._semaphore
         if not semaphore.locked():

@@ -40,11 +40,6 @@ class EventSplitter:
                     events.append(event)
         return events
 
-    @property
-    def pending(self) -> bool:
-        """Whether an incomplete event is waiting for more bytes."""
-        return bool(self._tail.strip())
-
 
 def _parse(block: bytes) -> tuple[bytes, bytes] | None:
     name = b""
