@@ -182,7 +182,7 @@ class Outbound:
         """Queue ``text`` (a :class:`Reasoning` is reasoning), merged into the stream's
         waiting frame of the same kind if it directly precedes."""
         await self._wait_for_room()
-        key = _TEXT if type(text) is str else _REASONING if isinstance(text, Reasoning) else _TEXT
+        key = _REASONING if isinstance(text, Reasoning) else _TEXT
         pending = stream.pending
         if (
             pending is not None

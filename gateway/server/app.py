@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import signal
@@ -213,6 +214,10 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with self:
+            # Everything built at start (SDKs, pydantic models, the token encoding: ~200,000
+            # objects) lives until exit: keep the collector from rescanning it. Measured in
+            # bench/README.md: 0.4 ms of GC per short answer before, 0.06 ms after.
+            gc.freeze()
             print(f"Gateway listening on {self.ws_url}", flush=True)
             if self.startup_token:
                 print(
