@@ -78,9 +78,11 @@ def timeout(config: ModelConfig) -> httpx2.Timeout:
         connect=config.connect_timeout,
         read=config.read_timeout,
         write=WRITE_TIMEOUT,
-        # aiohttp counts pool wait and connecting as one "connect" phase; :class:`Slots`
-        # bounds the pool wait, so the transport only ever waits to connect.
-        pool=config.connect_timeout,
+        # aiohttp's transport takes this as its whole "connect" phase (host lookup, waiting
+        # for the loop, the socket connect), while ``connect`` bounds the socket connect alone.
+        # A storm of new connections on a busy loop (1,000 answers starting at once) queues
+        # far longer than one socket connect takes; that wait is a pool wait.
+        pool=config.connect_timeout + config.pool_timeout,
     )
 
 
