@@ -446,7 +446,7 @@ async def test_more_concurrent_answers_than_the_pool_holds_all_complete(provider
         assert text == "".join(TEXT)
         assert final["result"]["finishReason"] == "stop"
     assert len(fake.requests) == 12
-    assert fake.connections == 4
+    assert fake.connections <= 4  # never more at once, and reused
 
 
 async def test_a_full_pool_past_its_timeout_is_32016_or_fails_over() -> None:

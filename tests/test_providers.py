@@ -447,7 +447,7 @@ async def test_more_concurrent_answers_than_connections_wait_for_one(upstream: U
     await shut(provider)
     assert ["".join(c.text for c in chunks) for chunks in answers] == ["abc"] * 6
     assert len(upstream.fake.requests) == 6
-    assert upstream.fake.connections == 2
+    assert upstream.fake.connections <= 2  # never more at once, and reused
 
 
 async def test_waiting_longer_than_pool_timeout_is_its_own_error(upstream: Upstream) -> None:
