@@ -25,6 +25,7 @@ __all__ = [
     "LimitsConfig",
     "ServerConfig",
     "SessionsConfig",
+    "StreamsConfig",
     "load_config",
 ]
 
@@ -121,6 +122,26 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamsConfig:
+    """Resumable streams: every streamed answer is logged so a client can resume it."""
+
+    enabled: bool = True
+    """False: no log and no resume; a disconnect cancels its streams (the old behaviour)."""
+    # Timeouts (seconds)
+    resume_grace: float = 60.0
+    """A stream nobody follows (its client went away) runs on this long, then is cancelled."""
+    done_ttl: float = 300.0
+    """A finished stream can still be resumed (replayed whole) for this long."""
+    # Limits
+    max_pieces: int = 10_000
+    """Pieces kept per stream; older ones are trimmed (resuming before them is a gap)."""
+    max_chars: int = 16 * 1024 * 1024
+    """Characters kept per stream, likewise."""
+    max_lag: int = 256
+    """Pieces a connected reader may fall behind before the producer waits for it."""
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetRule:
     """Token budget for users matching ``user`` or ``role`` (or everyone when both are None)."""
 
@@ -136,6 +157,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
     models: tuple[ModelConfig, ...] = DEFAULT_MODELS
     default_model: str = "offline"
     budgets: tuple[BudgetRule, ...] = ()
@@ -212,7 +234,16 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    known = {"server", "auth", "limits", "sessions", "models", "default_model", "budgets"}
+    known = {
+        "server",
+        "auth",
+        "limits",
+        "sessions",
+        "streams",
+        "models",
+        "default_model",
+        "budgets",
+    }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
@@ -255,6 +286,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         auth=auth,
         limits=_section(LimitsConfig, data.get("limits"), "limits"),
         sessions=_section(SessionsConfig, data.get("sessions"), "sessions"),
+        streams=_section(StreamsConfig, data.get("streams"), "streams"),
         models=models,
         default_model=default_model,
         budgets=budgets,

@@ -19,6 +19,8 @@ no detail on the wire.
     ├── Cancelled               -32005
     ├── ModelUnavailable        -32006
     ├── BudgetExceeded          -32007  (data.retryAfter)
+    ├── StreamNotFound          -32040  (unknown, expired, or another user's stream)
+    ├── StreamGap               -32041  (data.firstSeq: the oldest position still kept)
     └── UpstreamError           -32010  (data.retryable, data.provider, data.status)
         ├── UpstreamAuthError       -32011
         ├── UpstreamRateLimited     -32012  (data.retryAfter)
@@ -46,6 +48,8 @@ __all__ = [
     "MethodNotFound",
     "ModelUnavailable",
     "ParseError",
+    "StreamGap",
+    "StreamNotFound",
     "TokenExpired",
     "Unauthenticated",
     "UpstreamAuthError",
@@ -85,6 +89,10 @@ class ErrorCode(IntEnum):
     """The model exists but cannot serve (e.g. its API key is not configured)."""
     BUDGET_EXCEEDED = -32007
     """The user's token budget is spent; ``data.retryAfter`` says when it refills."""
+    STREAM_NOT_FOUND = -32040
+    """No such stream for this user: unknown, expired, or another user's (never told apart)."""
+    STREAM_GAP = -32041
+    """The pieces after the requested position were trimmed from the stream's log."""
     UPSTREAM_ERROR = -32010
     """The model provider failed in a way not covered below."""
     UPSTREAM_AUTH = -32011
@@ -177,6 +185,16 @@ class ModelUnavailable(GatewayError):
 class BudgetExceeded(GatewayError):
     code = ErrorCode.BUDGET_EXCEEDED
     default_message = "Token budget exceeded"
+
+
+class StreamNotFound(GatewayError):
+    code = ErrorCode.STREAM_NOT_FOUND
+    default_message = "No such stream (unknown, expired, or not yours)"
+
+
+class StreamGap(GatewayError):
+    code = ErrorCode.STREAM_GAP
+    default_message = "That part of the stream is no longer kept; start over"
 
 
 class UpstreamError(GatewayError):

@@ -17,10 +17,18 @@ from gateway.config import (
     LimitsConfig,
     ServerConfig,
     SessionsConfig,
+    StreamsConfig,
 )
 from gateway.server.app import Gateway
 
-__all__ = ["TEST_JWT_SECRET", "RawClient", "gateway_server", "raw_client", "until_closed"]
+__all__ = [
+    "TEST_JWT_SECRET",
+    "RawClient",
+    "assert_positions",
+    "gateway_server",
+    "raw_client",
+    "until_closed",
+]
 
 TIMEOUT = 10.0
 TEST_JWT_SECRET = "test-secret-for-signing-tokens-0123456789"
@@ -54,6 +62,7 @@ async def gateway_server(
     )
     limits = dataclasses.replace(base.limits, **_split(LimitsConfig, overrides))
     sessions = dataclasses.replace(base.sessions, **_split(SessionsConfig, overrides))
+    streams = dataclasses.replace(base.streams, **_split(StreamsConfig, overrides))
     auth = (
         dataclasses.replace(
             base.auth,
@@ -65,7 +74,13 @@ async def gateway_server(
         else base.auth
     )
     cfg = dataclasses.replace(
-        base, server=server, limits=limits, sessions=sessions, auth=auth, **overrides
+        base,
+        server=server,
+        limits=limits,
+        sessions=sessions,
+        streams=streams,
+        auth=auth,
+        **overrides,
     )
     gw = Gateway(cfg, **(gateway_kwargs or {}))
     async with asyncio.timeout(TIMEOUT):
@@ -136,6 +151,13 @@ async def raw_client(
         yield RawClient(ws)
     finally:
         await ws.close()
+
+
+def assert_positions(deltas: list[dict[str, Any]]) -> None:
+    """Delta seqs are positions: they start at 0 or later and strictly increase (merging skips)."""
+    seqs = [d["seq"] for d in deltas]
+    assert all(isinstance(q, int) for q in seqs), seqs
+    assert seqs == sorted(set(seqs)) and (not seqs or seqs[0] >= 0), seqs
 
 
 async def until_closed(client: RawClient) -> tuple[list[Any], int | None]:

@@ -6,18 +6,18 @@ import asyncio
 
 from gateway.config import DEFAULT_MODELS
 from gateway.providers.base import ModelConfig
-from tests.support import gateway_server, raw_client
+from tests.support import assert_positions, gateway_server, raw_client
 
 FAST = {"modelName": "offline-fast"}
 
 
 async def test_post_chat_streams_deltas_then_a_final_result() -> None:
-    """postChat answers with contiguous stream.delta frames and a final result with usage."""
+    """postChat answers with positioned stream.delta frames and a final result with usage."""
     async with gateway_server() as gw, raw_client(gw) as client:
         await client.call("chat.setModel", FAST)
         text, deltas, final = await client.stream("chat.postChat", {"message": "hello there"})
     assert 'You said: "hello there"' in text
-    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert_positions(deltas)
     result = final["result"]
     assert result["finishReason"] == "stop"
     assert result["model"] == "offline-fast"

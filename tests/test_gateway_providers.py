@@ -22,7 +22,7 @@ from gateway.providers.router import ModelRouter
 from gateway.server.app import Gateway
 from tests.fakes import AnthropicFake, FakeServer, Reply
 from tests.fakes.openai_server import OpenAIFake
-from tests.support import RawClient, gateway_server, raw_client
+from tests.support import RawClient, assert_positions, gateway_server, raw_client
 
 FAKES = {"openai": OpenAIFake, "anthropic": AnthropicFake}
 TEXT = ["Stream", "ing ", "from ", "the ", "fake"]
@@ -79,7 +79,7 @@ async def test_every_streaming_chat_method_streams_from_the_provider(
             async with raw_client(gw) as client:
                 text, deltas, final = await client.stream(method, params)
     assert text == "".join(TEXT)
-    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert_positions(deltas)
     result = final["result"]
     assert result["model"] == "up"
     assert result["finishReason"] == "stop"
@@ -255,10 +255,10 @@ async def test_rpc_cancel_closes_the_upstream_stream(provider: str) -> None:
 
 @pytest.mark.parametrize("provider", FAKES)
 async def test_a_client_disconnect_closes_the_upstream_stream(provider: str) -> None:
-    """Closing the socket mid-stream makes the provider see the hang-up at once."""
+    """With resume_grace 0, closing the socket mid-stream makes the provider see the hang-up."""
     slow = Reply(text=["tok "] * 200, interval=0.05)
     async with FAKES[provider](default=slow) as fake:
-        async with provider_gateway(fake, models=(fake.model_config("up"),)) as gw:
+        async with provider_gateway(fake, models=(fake.model_config("up"),), resume_grace=0) as gw:
             async with raw_client(gw) as client:
                 await _first_delta(client, await client.request("chat.postChat", ["hi"]))
             record = await fake.finished()

@@ -612,8 +612,8 @@ async def test_fast_reader_gets_one_frame_per_delta() -> None:
     assert (await next_frame(session))["result"] == {"finishReason": "stop"}
 
 
-async def test_lagging_reader_gets_fewer_larger_frames_with_contiguous_seq() -> None:
-    """Deltas queued while the reader lags merge into one frame; seq counts frames, no gaps."""
+async def test_lagging_reader_gets_fewer_larger_frames_with_seq_of_the_last_piece() -> None:
+    """Deltas queued while the reader lags merge into one frame whose seq is its last piece's."""
     script = Script()
     session = make_session(("script", script.run))
     await feed(session, {"jsonrpc": "2.0", "method": "script", "id": "m"})
@@ -627,24 +627,40 @@ async def test_lagging_reader_gets_fewer_larger_frames_with_contiguous_seq() -> 
     third = await next_frame(session)
     await script.pieces.put(None)
     final = await next_frame(session)
-    assert [f["params"]["seq"] for f in (first, second, third)] == [0, 1, 2]
+    assert [f["params"]["seq"] for f in (first, second, third)] == [0, 3, 4]
     assert [f["params"]["text"] for f in (first, second, third)] == ["He", "llo, wor", "ld"]
     assert final == {"jsonrpc": "2.0", "result": {"finishReason": "stop"}, "id": "m"}
 
 
 async def test_deltas_of_two_streams_merge_separately() -> None:
-    """Merging never mixes streams: each keeps its own text and its own seq."""
+    """Merging never mixes streams: each keeps its own text and its own positions."""
     outbound = Outbound()
     a, b = DeltaStream(b"1"), DeltaStream(b'"two"')
     for stream, text in ((a, "x"), (b, "p"), (a, "y"), (b, "q"), (a, "z")):
         await outbound.put_delta(stream, text)
     frames = [json.loads(await outbound.get()) for _ in range(2)]
     assert [f["params"] for f in frames] == [
-        {"id": 1, "seq": 0, "text": "xyz"},
-        {"id": "two", "seq": 0, "text": "pq"},
+        {"id": 1, "seq": 2, "text": "xyz"},
+        {"id": "two", "seq": 1, "text": "pq"},
     ]
     await outbound.put_delta(a, "!")
-    assert json.loads(await outbound.get())["params"] == {"id": 1, "seq": 1, "text": "!"}
+    assert json.loads(await outbound.get())["params"] == {"id": 1, "seq": 3, "text": "!"}
+
+
+async def test_a_merged_frame_carries_the_position_given_with_its_last_piece() -> None:
+    """Pieces queued with explicit positions (a replayed log) merge; seq is the last one's."""
+    outbound = Outbound()
+    stream = DeltaStream(b"1", b',"streamId":"st_x"')
+    for pos, text in ((7, "a"), (8, "b"), (9, "c")):
+        await outbound.put_delta(stream, text, pos)
+    assert json.loads(await outbound.get())["params"] == {
+        "id": 1,
+        "streamId": "st_x",
+        "seq": 9,
+        "text": "abc",
+    }
+    await outbound.put_delta(stream, "d", 10)
+    assert json.loads(await outbound.get())["params"] == {"id": 1, "seq": 10, "text": "d"}
 
 
 async def test_merged_frames_stay_under_max_merge_and_keep_merging_after_a_cut() -> None:
@@ -657,8 +673,8 @@ async def test_merged_frames_stay_under_max_merge_and_keep_merging_after_a_cut()
     first = json.loads(await outbound.get())["params"]
     await outbound.put_delta(stream, d)
     second = json.loads(await outbound.get())["params"]
-    assert first == {"id": 1, "seq": 0, "text": a + b}
-    assert second == {"id": 1, "seq": 1, "text": c + d}
+    assert first == {"id": 1, "seq": 1, "text": a + b}
+    assert second == {"id": 1, "seq": 3, "text": c + d}
     assert outbound.queued_bytes == 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.server.app import Gateway
-from tests.support import RawClient, gateway_server, raw_client
+from tests.support import RawClient, assert_positions, gateway_server, raw_client
 
 TIMEOUT = 10.0
 BIG = 123456789012345678901234567890
@@ -282,7 +282,7 @@ async def test_stream_deltas_carry_a_big_integer_id_exactly(client: RawClient) -
     text, deltas, final = await client.stream("chat.postChat", ["hi"], id=BIG)
     assert text
     assert all(d["id"] == BIG for d in deltas)
-    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert_positions(deltas)
     assert final["id"] == BIG
     assert final["result"]["finishReason"] == "stop"
 
@@ -402,14 +402,20 @@ async def test_rpc_cancel_ends_a_stream_with_finish_reason_cancelled(client: Raw
     """rpc.cancel on a running stream: the response says "cancelled", text so far is kept."""
     await client.send({"jsonrpc": "2.0", "method": "chat.postChat", "params": ["hi"], "id": 7})
     first = await client.recv()
-    assert first["params"] == {"id": 7, "seq": 0, "text": first["params"]["text"]}
+    stream_id = first["params"]["streamId"]
+    assert first["params"] == {
+        "id": 7,
+        "streamId": stream_id,
+        "seq": 0,
+        "text": first["params"]["text"],
+    }
     await client.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": 7}})
     frames = await frames_until_response(client, 7)
     result = frames[-1]["result"]
     assert result["finishReason"] == "cancelled"
     assert result["usage"]["completionTokens"] >= 1
-    seqs = [first["params"]["seq"]] + [f["params"]["seq"] for f in frames[:-1]]
-    assert seqs == list(range(len(seqs)))
+    assert_positions([first["params"]] + [f["params"] for f in frames[:-1]])
+    assert result["streamId"] == stream_id
 
 
 async def test_rpc_cancel_finds_a_stream_by_a_big_integer_id(client: RawClient) -> None:

@@ -14,7 +14,7 @@ from websockets.protocol import State
 from gateway.jsonrpc import Final
 from gateway.modules.base import Module, exposed, register_module
 from gateway.server.app import Gateway
-from tests.support import gateway_server, raw_client
+from tests.support import assert_positions, gateway_server, raw_client
 
 
 class Firehose(Module):
@@ -88,9 +88,9 @@ async def test_cancelling_an_unknown_id_as_a_request_says_so() -> None:
 
 
 async def test_disconnect_mid_stream_leaves_no_task_behind() -> None:
-    """A client that goes away cancels its streams; no task or generator outlives it."""
+    """With resume_grace 0 a client that goes away cancels its streams; no task outlives it."""
     firehose = Firehose()
-    async with gateway_server() as gw:
+    async with gateway_server(resume_grace=0) as gw:
         register_module(gw.registry, firehose)
         baseline = _call_tasks()
         async with raw_client(gw) as client:
@@ -115,7 +115,7 @@ async def test_a_reader_that_stops_reading_is_closed_as_slow_consumer_with_bound
     """A stuck reader gets 4000 after send_timeout; its queue never grows past the bound."""
     firehose = Firehose()
     bound = 64 * 1024
-    async with gateway_server(send_timeout=0.5, outbound_queue_bytes=bound) as gw:
+    async with gateway_server(send_timeout=0.5, outbound_queue_bytes=bound, resume_grace=0) as gw:
         register_module(gw.registry, firehose)
         async with raw_client(gw, token="tok-bob") as bystander:
             # max_queue=1 and a small read limit make the client stop reading from TCP.
@@ -145,8 +145,8 @@ async def test_a_reader_that_stops_reading_is_closed_as_slow_consumer_with_bound
         assert firehose.running == 0
 
 
-async def test_a_lagging_reader_gets_merged_deltas_with_contiguous_seq() -> None:
-    """When the reader lags, deltas merge into fewer, larger frames; seq has no gaps."""
+async def test_a_lagging_reader_gets_merged_deltas_whose_seq_is_the_last_pieces() -> None:
+    """When the reader lags, deltas merge into larger frames; seq advances by the pieces merged."""
     firehose = Firehose()
     size = 16384
     async with gateway_server() as gw:
@@ -160,14 +160,17 @@ async def test_a_lagging_reader_gets_merged_deltas_with_contiguous_seq() -> None
                 conn = next(iter(gw.connections))
                 while not conn.outbound.merged:  # lag until the socket buffers are full
                     await asyncio.sleep(0.05)
-                seqs, biggest = [], 0
+                seqs, pieces, biggest = [], [], 0
                 while biggest <= size and len(seqs) < 100_000:
                     params = json.loads(await ws.recv())["params"]
                     seqs.append(params["seq"])
+                    pieces.append(len(params["text"]) // size)
                     biggest = max(biggest, len(params["text"]))
                     assert set(params["text"]) == {"x"} and len(params["text"]) % size == 0
                 await ws.send('{"jsonrpc":"2.0","method":"rpc.cancel","params":{"id":1}}')
-    assert seqs == list(range(len(seqs)))
+    # Each frame's seq is the position of its last piece: it advances by the pieces it holds.
+    assert seqs[0] == pieces[0] - 1
+    assert all(b - a == n for a, b, n in zip(seqs, seqs[1:], pieces[1:], strict=False))
     assert biggest > size  # a frame carried several deltas
 
 
@@ -212,10 +215,11 @@ async def test_a_burst_of_deltas_sends_the_first_at_once_and_merges_the_rest() -
         async with raw_client(gw) as client:
             text, deltas, final = await client.stream("burst.burst", [200])
     assert text == "".join(str(i % 10) for i in range(200))
-    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert_positions(deltas)
+    assert deltas[-1]["seq"] == 199  # the last piece's position, however they merged
     assert deltas[0]["text"] == "0"
     assert len(deltas) < 10
-    assert final["result"] == {"finishReason": "stop"}
+    assert final["result"] == {"finishReason": "stop", "streamId": deltas[0]["streamId"]}
 
 
 async def test_a_stream_that_never_waits_does_not_hold_up_other_calls() -> None:

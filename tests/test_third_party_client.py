@@ -12,7 +12,7 @@ from jsonrpc_base import ProtocolError
 from jsonrpc_websocket import Server
 
 from gateway.server.app import Gateway
-from tests.support import gateway_server
+from tests.support import assert_positions, gateway_server
 
 TIMEOUT = 10.0
 
@@ -86,5 +86,6 @@ async def test_third_party_client_receives_a_stream() -> None:
             await asyncio.sleep(0.05)  # notifications are handled in tasks of their own
     assert result["finishReason"] == "stop"
     assert deltas
-    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert_positions(deltas)
+    assert deltas[0]["streamId"] == result["streamId"]
     assert "hello there" in "".join(d["text"] for d in deltas)

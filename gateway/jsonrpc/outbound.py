@@ -3,9 +3,10 @@
 Frames wait here until the transport writes them. A stream's delta is added
 to that stream's frame still waiting in the queue, if there is one, instead
 of becoming a frame of its own: a fast reader gets one frame per delta, a
-lagging reader gets fewer, larger frames. ``seq`` is assigned when a frame
-leaves the queue, so it counts frames and stays contiguous whatever merging
-happened. While the writer task is idle, frames go straight to the
+lagging reader gets fewer, larger frames. A frame's ``seq`` is the position
+of the last piece it holds (a piece's index in its answer, fixed when it was
+produced), so it increases and skips where pieces merged, and means the
+same on every connection. While the writer task is idle, frames go straight to the
 transport (``write_now``) for as long as it takes them without waiting: the
 first frame of a loop tick at once, the rest of that tick (an upstream
 burst) merged and written at its end. No task switch for a reader that keeps
@@ -43,13 +44,19 @@ class OutboundClosed(Exception):
 
 
 class DeltaStream:
-    """The per-request state of one stream: its id (encoded) and next ``seq``."""
+    """The per-request state of one stream: its id (encoded), next position, first-frame extras.
 
-    __slots__ = ("id_json", "pending", "seq")
+    ``head`` holds extra members for the stream's first frame only (e.g.
+    ``b',"streamId":"st_..."'``).
+    """
 
-    def __init__(self, id_json: bytes) -> None:
+    __slots__ = ("head", "id_json", "pending", "seq")
+
+    def __init__(self, id_json: bytes, head: bytes = b"") -> None:
         self.id_json = id_json
         self.seq = 0
+        """The position of the next piece that comes without one."""
+        self.head = head
         self.pending: _Delta | None = None
 
 
@@ -58,11 +65,12 @@ _REASONING = b',"reasoning":'
 
 
 class _Delta:
-    __slots__ = ("key", "parts", "size", "stream")
+    __slots__ = ("key", "parts", "pos", "size", "stream")
 
-    def __init__(self, stream: DeltaStream, text: str, key: bytes) -> None:
+    def __init__(self, stream: DeltaStream, text: str, key: bytes, pos: int) -> None:
         self.stream = stream
         self.parts = [text]
+        self.pos = pos
         self.size = 64 + len(text)
         self.key = key
 
@@ -71,15 +79,15 @@ class _Delta:
         # After a max_merge cut a newer frame of this stream may be the pending one.
         if stream.pending is self:
             stream.pending = None
-        seq = stream.seq
-        stream.seq += 1
+        head, stream.head = stream.head, b""
         text = self.parts[0] if len(self.parts) == 1 else "".join(self.parts)
         return b"".join(
             (
                 b'{"jsonrpc":"2.0","method":"stream.delta","params":{"id":',
                 stream.id_json,
+                head,
                 b',"seq":',
-                str(seq).encode(),
+                str(self.pos).encode(),
                 self.key,
                 orjson.dumps(text),
                 b"}}",
@@ -178,11 +186,15 @@ class Outbound:
         self._bytes += len(frame) + FRAME_OVERHEAD
         self._wake()
 
-    async def put_delta(self, stream: DeltaStream, text: str) -> None:
-        """Queue ``text`` (a :class:`Reasoning` is reasoning), merged into the stream's
-        waiting frame of the same kind if it directly precedes."""
+    async def put_delta(self, stream: DeltaStream, text: str, pos: int | None = None) -> None:
+        """Queue ``text`` (a :class:`Reasoning` is reasoning) at position ``pos`` (default:
+        the one after the last), merged into the stream's waiting frame of the same kind
+        if it directly precedes."""
         await self._wait_for_room()
         key = _REASONING if isinstance(text, Reasoning) else _TEXT
+        if pos is None:
+            pos = stream.seq
+        stream.seq = pos + 1
         pending = stream.pending
         if (
             pending is not None
@@ -190,11 +202,12 @@ class Outbound:
             and pending.size + len(text) <= self._max_merge
         ):
             pending.parts.append(text)
+            pending.pos = pos
             pending.size += len(text)
             self._bytes += len(text)
             self.merged += 1
         else:
-            pending = stream.pending = _Delta(stream, text, key)
+            pending = stream.pending = _Delta(stream, text, key, pos)
             self._items.append(pending)
             self._bytes += pending.size
         self._wake()

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.errors import InvalidParams
 
-__all__ = ["Final", "MethodSpec", "Reasoning", "Registry"]
+__all__ = ["Final", "Follow", "MethodSpec", "Reasoning", "Registry"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 
@@ -35,6 +35,18 @@ class Reasoning(str):
     carry ``"reasoning"`` instead of ``"text"`` (and never merged with answer text)."""
 
     __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """Returned by a method to answer with an existing stream's log (``stream.resume``).
+
+    The session relays the stream's pieces after position ``after`` as this
+    call's deltas, and the stream's final result as this call's result.
+    """
+
+    stream_id: str
+    after: int
 
 
 @dataclass(frozen=True, slots=True)

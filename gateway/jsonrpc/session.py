@@ -14,9 +14,11 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import orjson
 
 from gateway.errors import (
     Cancelled,
@@ -29,9 +31,10 @@ from gateway.errors import (
 )
 from gateway.jsonrpc.codec import decode, encode, encode_small
 from gateway.jsonrpc.outbound import DeltaStream, Outbound, OutboundClosed
-from gateway.jsonrpc.registry import Final, MethodSpec, Registry
+from gateway.jsonrpc.registry import Final, Follow, MethodSpec, Registry
+from gateway.streams.protocol import Piece, StreamEnd
 
-__all__ = ["Authorize", "RpcSession", "SessionLimits"]
+__all__ = ["Authorize", "RpcSession", "SessionLimits", "StreamRelay"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,23 @@ Authorize = Callable[[MethodSpec], contextvars.Context]
 """Admit a call (or raise a GatewayError) and give the context it runs in."""
 
 _NO_ID = object()
+
+
+class StreamRelay(Protocol):
+    """Runs streaming calls detached and logged (:class:`gateway.streams.hub.StreamHub`)."""
+
+    async def start(self, source: AsyncGenerator[Any, None], method: str) -> str:
+        """Produce ``source`` into a new stream's log; return its id."""
+        ...
+
+    def follow(self, stream_id: str, after: int) -> AsyncGenerator[Piece | StreamEnd, None]:
+        """The stream's pieces after ``after``, live, then its end."""
+        ...
+
+    def cancel(self, stream_id: str) -> bool:
+        """Stop the stream now; False if it is not running here."""
+        ...
+
 
 TIME_SLICE = 0.005
 """Seconds a stream may run without yielding to the loop."""
@@ -74,6 +94,8 @@ class _Call:
     task: asyncio.Task[Any] | None = None
     cancel_requested: bool = False
     started: bool = False
+    stream_id: str | None = None
+    """The logged stream this call relays, once it has one (rpc.cancel stops that stream)."""
 
 
 @dataclass(slots=True)
@@ -117,8 +139,10 @@ class RpcSession:
         authorize: Authorize,
         limits: SessionLimits = SessionLimits(),
         on_abuse: Callable[[str], None] | None = None,
+        streams: StreamRelay | None = None,
     ) -> None:
         self._registry = registry
+        self._streams = streams
         self.outbound = outbound
         self._authorize = authorize
         self._limits = limits
@@ -262,6 +286,10 @@ class RpcSession:
         if call is None or call.task is None or call.cancel_requested:
             return False
         call.cancel_requested = True
+        if call.stream_id is not None and self._streams is not None:
+            # The call keeps relaying until the stream's log ends (cancelled, at once).
+            self._streams.cancel(call.stream_id)
+            return True
         # A task cancelled before its first step never runs a line of _execute (no
         # response, no cleanup): one that has not started sees the flag when it does.
         if call.started:
@@ -306,10 +334,15 @@ class RpcSession:
                 if not spec.streaming:
                     raise Cancelled()
                 result = {"finishReason": "cancelled"}
+            elif spec.streaming and self._streams is not None:
+                stream_id = await self._streams.start(spec.fn(*args, **kwargs), spec.name)
+                result = await self._relay(call, stream_id, -1)
             elif spec.streaming:
                 result = await self._stream(call, args, kwargs)
             else:
                 result = await spec.fn(*args, **kwargs)
+                if isinstance(result, Follow) and self._streams is not None:
+                    result = await self._relay(call, result.stream_id, result.after)
         except asyncio.CancelledError:
             if self._closing or not call.cancel_requested:
                 raise
@@ -367,6 +400,32 @@ class RpcSession:
             await agen.aclose()
         return {"finishReason": "stop"} if final is None else final
 
+    async def _relay(self, call: _Call, stream_id: str, after: int) -> Any:
+        """Relay a logged stream's pieces after ``after`` as this call's deltas, then its result."""
+        assert self._streams is not None
+        call.stream_id = stream_id
+        if call.cancel_requested:
+            self._streams.cancel(stream_id)
+        head = b',"streamId":' + orjson.dumps(stream_id)
+        stream = DeltaStream(encode_small(call.id), head)
+        follower = self._streams.follow(stream_id, after)
+        put_delta = self.outbound.put_delta
+        loop = asyncio.get_running_loop()
+        slice_start = loop.time()
+        try:
+            async for item in follower:
+                if isinstance(item, StreamEnd):
+                    if item.error is not None:
+                        raise _LoggedError(item.error)
+                    return item.result
+                await put_delta(stream, item.text, item.pos)
+                if loop.time() - slice_start > TIME_SLICE:
+                    await asyncio.sleep(0)
+                    slice_start = loop.time()
+        finally:
+            await follower.aclose()
+        raise InternalError()  # a log always ends with its StreamEnd
+
     async def _send(self, message: Any) -> None:
         try:
             await self.outbound.put(encode(message))
@@ -390,6 +449,17 @@ class RpcSession:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 log.error("call task did not stop within %.1fs of close: %r", timeout, task)
+
+
+class _LoggedError(GatewayError):
+    """A stream's logged error, answered as it was recorded."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(str(error.get("message", "")))
+        self.error = error
+
+    def to_error(self) -> dict[str, Any]:
+        return self.error
 
 
 def _uncancel() -> None:

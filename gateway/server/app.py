@@ -23,6 +23,7 @@ from gateway.jsonrpc import Registry, SessionLimits
 from gateway.jsonrpc.openrpc import discover
 from gateway.modules.base import register_module
 from gateway.modules.chat import ChatModule, TokenBudget
+from gateway.node import node_id
 from gateway.providers.router import ModelRouter
 from gateway.server.auth_module import AuthModule
 from gateway.server.closecodes import CloseCode
@@ -31,6 +32,9 @@ from gateway.server.http import WS_PATH, HttpRoutes
 from gateway.server.redact import RedactingLogger
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.store import SessionStore
+from gateway.streams.hub import StreamHub
+from gateway.streams.memory import MemoryStreamLog
+from gateway.streams.module import StreamModule
 
 __all__ = ["Gateway"]
 
@@ -77,6 +81,21 @@ class Gateway:
         register_module(self.registry, AuthModule(self.authenticator))
         register_module(self.registry, self.chat)
         self.registry.add("rpc.discover", self._discover, public=True)
+        self.streams: StreamHub | None = None
+        if config.streams.enabled:
+            cfg_streams = config.streams
+            stream_log = MemoryStreamLog(
+                max_pieces=cfg_streams.max_pieces,
+                max_chars=cfg_streams.max_chars,
+                done_ttl=cfg_streams.done_ttl,
+            )
+            self.streams = StreamHub(
+                stream_log,
+                resume_grace=cfg_streams.resume_grace,
+                max_lag=cfg_streams.max_lag,
+                node=node_id(),
+            )
+            register_module(self.registry, StreamModule(self.streams))
         limits = config.limits
         self.session_limits = SessionLimits(
             max_inflight=limits.inflight_per_connection,
@@ -198,6 +217,8 @@ class Gateway:
             except TimeoutError:
                 log.warning("connections still open after %ss", self.config.server.shutdown_grace)
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.streams is not None:
+            await self.streams.close()
         await self.router.aclose()
 
     async def __aenter__(self) -> Gateway:

@@ -66,6 +66,7 @@ class Connection:
             authorize=self._authorize,
             limits=gateway.session_limits,
             on_abuse=self._on_abuse,
+            streams=gateway.streams,
         )
         self._close_request: tuple[CloseCode, str] | None = None
         self.send_started: float | None = None

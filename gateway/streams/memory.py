@@ -1,0 +1,170 @@
+"""The stream log in process memory: bounded per stream, expiring after the end.
+
+Each stream keeps its pieces in a list starting at position ``first``. When
+it holds more than ``max_pieces`` pieces or ``max_chars`` characters the
+oldest quarter is dropped at once (amortised O(1) per append); a reader that
+needs a dropped position gets :class:`~gateway.errors.StreamGap`. Readers
+wait on one future per stream, made only while someone waits, so a burst of
+appends in one loop tick wakes each reader once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+from gateway.errors import StreamGap, StreamNotFound
+from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
+
+__all__ = ["MemoryStreamLog"]
+
+
+class _Log:
+    __slots__ = ("chars", "end", "first", "info", "kinds", "texts", "waiter")
+
+    def __init__(self, info: StreamInfo) -> None:
+        self.info = info
+        self.texts: list[str] = []
+        self.kinds: list[str] | None = None
+        """Only made once a piece of another kind than text arrives."""
+        self.first = 0
+        self.chars = 0
+        self.end: StreamEnd | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class MemoryStreamLog:
+    """:class:`~gateway.streams.protocol.StreamLog` for one process."""
+
+    def __init__(
+        self,
+        *,
+        # Limits
+        max_pieces: int = 10_000,
+        max_chars: int = 16 * 1024 * 1024,
+        max_streams: int = 100_000,
+        # Timeouts (seconds)
+        done_ttl: float = 300.0,
+    ) -> None:
+        self.max_pieces = max_pieces
+        self.max_chars = max_chars
+        self.max_streams = max_streams
+        self.done_ttl = done_ttl
+        self._logs: dict[str, _Log] = {}
+        self._by_user: dict[str, dict[str, None]] = {}
+        """user id -> that user's stream ids (an ordered set), so list() reads only theirs."""
+        self._done: deque[tuple[float, str]] = deque()
+        """(expiry, stream id) in finishing order, for expiry without a scan."""
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        done = self._done
+        while done and (done[0][0] <= now or len(self._logs) > self.max_streams):
+            _, stream_id = done.popleft()
+            log = self._logs.pop(stream_id, None)
+            if log is not None:
+                mine = self._by_user.get(log.info.user_id, {})
+                mine.pop(stream_id, None)
+                if not mine:
+                    self._by_user.pop(log.info.user_id, None)
+
+    def _get(self, stream_id: str) -> _Log:
+        self._expire()
+        log = self._logs.get(stream_id)
+        if log is None:
+            raise StreamNotFound()
+        return log
+
+    # Writer
+
+    async def create(self, info: StreamInfo) -> None:
+        self._expire()
+        self._logs[info.stream_id] = _Log(info)
+        self._by_user.setdefault(info.user_id, {})[info.stream_id] = None
+
+    def append(self, stream_id: str, text: str, kind: str = "text") -> int:
+        log = self._logs[stream_id]
+        pos = log.info.pieces
+        log.info.pieces += 1
+        log.texts.append(text)
+        if kind != "text" and log.kinds is None:
+            log.kinds = ["text"] * (len(log.texts) - 1)
+        if log.kinds is not None:
+            log.kinds.append(kind)
+        log.chars += len(text)
+        if len(log.texts) > self.max_pieces or log.chars > self.max_chars:
+            self._trim(log)
+        log.wake()
+        return pos
+
+    def _trim(self, log: _Log) -> None:
+        keep_pieces = self.max_pieces * 3 // 4
+        keep_chars = self.max_chars * 3 // 4
+        drop = max(0, len(log.texts) - keep_pieces)
+        chars = log.chars - sum(len(t) for t in log.texts[:drop])
+        while drop < len(log.texts) - 1 and chars > keep_chars:
+            chars -= len(log.texts[drop])
+            drop += 1
+        del log.texts[:drop]
+        if log.kinds is not None:
+            del log.kinds[:drop]
+        log.first += drop
+        log.chars = chars
+
+    async def finish(self, stream_id: str, end: StreamEnd) -> None:
+        log = self._logs.get(stream_id)
+        if log is None or log.end is not None:
+            return
+        log.end = end
+        log.info.state = "done"
+        log.info.finished_at = time.time()
+        log.info.finish_reason = end.finish_reason
+        self._done.append((time.monotonic() + self.done_ttl, stream_id))
+        log.wake()
+
+    # Reader
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        self._expire()
+        log = self._logs.get(stream_id)
+        return None if log is None else log.info
+
+    async def read(self, stream_id: str, after: int) -> AsyncIterator[Piece | StreamEnd]:
+        log = self._get(stream_id)
+        pos = after + 1
+        while True:
+            if pos < log.first:
+                raise StreamGap(
+                    data={"streamId": stream_id, "after": pos - 1, "firstSeq": log.first}
+                )
+            head = log.first + len(log.texts)
+            if pos < head:
+                start = pos - log.first
+                texts = log.texts[start:]
+                kinds = log.kinds[start:] if log.kinds is not None else None
+                for i, text in enumerate(texts):
+                    yield Piece(pos + i, text, kinds[i] if kinds is not None else "text")
+                pos += len(texts)
+                continue
+            if log.end is not None:
+                yield log.end
+                return
+            if log.waiter is None:
+                log.waiter = asyncio.get_running_loop().create_future()
+            # wait() rather than await: a cancelled reader must not cancel the others' future.
+            await asyncio.wait((log.waiter,))
+
+    async def list(self, user_id: str) -> list[StreamInfo]:
+        self._expire()
+        rows = [self._logs[sid].info for sid in self._by_user.get(user_id, ())]
+        return sorted(rows, key=lambda info: info.created_at, reverse=True)
+
+    async def request_cancel(self, stream_id: str) -> None:
+        """Nothing to do: on one process the hub cancels its own producer directly."""
