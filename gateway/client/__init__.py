@@ -6,11 +6,15 @@
             print(text, end="")
 
 One reader task per connection routes responses by id and ``stream.delta``
-notifications to their stream. Delivery is at most once: a call in flight when
-the socket drops fails with :class:`ConnectionLost` and is never sent again.
-The client then reconnects (exponential backoff with jitter) and authenticates
-again, so calls made afterwards work; close codes 4500-4999 (and 1000, 1003,
-1007-1010) end the client for good.
+notifications to their stream. When the socket drops, the client reconnects
+(exponential backoff with jitter) and authenticates again, so calls made
+afterwards work; close codes 4500-4999 (and 1000, 1003, 1007-1010) end the
+client for good. A call in flight when the socket drops fails with
+:class:`ConnectionLost` and is never sent again, except a stream that has its
+``streamId`` (from its first delta): after the reconnect it is resumed with
+``stream.resume`` after the last ``seq`` it got, and its ``async for`` just
+continues, with no text lost or repeated. If the server no longer has it
+(restarted, or ``done_ttl`` passed), the stream fails with ConnectionLost.
 
 Every wait has a deadline (``open_timeout``, ``call_timeout``, ``stream_timeout``,
 ``close_timeout``, or the ``timeout`` argument of :meth:`Client.request`);
@@ -28,6 +32,9 @@ passing ``None`` waits forever. Deadlines raise the built-in :class:`TimeoutErro
     │   ├── Cancelled              -32005
     │   ├── ModelUnavailable       -32006
     │   ├── BudgetExceeded         -32007  (.retry_after)
+    │   ├── StreamLost             -32040..-32041: a stream cannot be resumed
+    │   │   ├── StreamNotFound         -32040
+    │   │   └── StreamGap              -32041
     │   └── UpstreamError          -32010..-32015  (.retryable, .retry_after)
     └── ConnectionLost         the socket dropped with this call in flight; it may have run
         └── ConnectionClosed   no connection now or later: closed by you, the first connect
@@ -54,6 +61,9 @@ from gateway.client.errors import (
     ModelUnavailable,
     ProtocolError,
     RpcError,
+    StreamGap,
+    StreamLost,
+    StreamNotFound,
     TokenExpired,
     Unauthenticated,
     UpstreamError,
@@ -77,6 +87,9 @@ __all__ = [
     "ProtocolError",
     "RpcError",
     "Stream",
+    "StreamGap",
+    "StreamLost",
+    "StreamNotFound",
     "TokenExpired",
     "Unauthenticated",
     "UpstreamError",

@@ -26,12 +26,23 @@ class Call:
 
 @dataclass(eq=False, slots=True)
 class _Pending:
-    """A request waiting for its response; streams also queue their deltas (None ends them)."""
+    """A request waiting for its response; streams also queue their deltas (None ends them).
+
+    A stream remembers its ``stream_id`` and the last position it received,
+    so after a reconnect it continues with ``stream.resume`` under a new ``id``.
+    """
 
     future: asyncio.Future[Any]
     deltas: asyncio.Queue[str | None] | None = None
-    next_seq: int = 0
+    last_seq: int = -1
     batch: bool = False
+    id: int = 0
+    """The request id it is waiting under now (a resume gets a new one)."""
+    stream_id: str | None = None
+    resumes: int = 0
+    """How many times it was resumed after a reconnect."""
+    cancelled: bool = False
+    """rpc.cancel was sent (or meant to be): do not resume it."""
 
     def settle(self, outcome: Any) -> None:
         if not self.future.done():

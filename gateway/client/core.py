@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import logging
@@ -24,6 +25,7 @@ from gateway.client.errors import (
     ConnectionLost,
     ProtocolError,
     RpcError,
+    StreamLost,
     rpc_error,
 )
 from gateway.client.handshake import open_connection
@@ -230,7 +232,7 @@ class Client:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Nobody may await a future whose stream was dropped; don't warn about it.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        pending = _Pending(future, asyncio.Queue() if stream else None, batch=batch)
+        pending = _Pending(future, asyncio.Queue() if stream else None, batch=batch, id=id)
         self._pending[id] = pending
         return id, pending
 
@@ -266,7 +268,10 @@ class Client:
             self._cancel_later(id)
 
     async def _send_cancel(self, id: int) -> None:
-        """Best effort ``rpc.cancel``: a lost connection has cancelled everything anyway."""
+        """Best effort ``rpc.cancel``; a stream cut off meanwhile is cancelled by its stream id."""
+        pending = self._pending.get(id)
+        if pending is not None:
+            pending.cancelled = True
         ws = self._ws
         if ws is None:
             return
@@ -344,12 +349,35 @@ class Client:
             if final is not None:
                 self._go_down(final)
                 return
-            self._fail_pending(self._lost_error(ws))
+            self._fail_pending(self._lost_error(ws), keep_resumable=True)
             logger.info("connection lost (close %s %s); reconnecting", code, reason)
             next_ws = await self._reconnect(code)
             if next_ws is None:
                 return
             ws = next_ws
+            await self._resume_streams(ws)
+
+    async def _resume_streams(self, ws: ClientConnection) -> None:
+        """Continue every stream cut off by the drop: ``stream.resume`` after its last seq."""
+        for old_id, pending in list(self._pending.items()):
+            if pending.stream_id is None or pending.deltas is None:
+                continue
+            del self._pending[old_id]
+            if pending.cancelled:
+                # Stopped while the socket was down: stop it on the server too.
+                cancel = _frame("stream.cancel", {"streamId": pending.stream_id})
+                pending.settle(ConnectionLost("connection lost while the stream was cancelled"))
+                with contextlib.suppress(ClientError):
+                    await self._send(ws, cancel)
+                continue
+            pending.id = next(self._ids)
+            pending.resumes += 1
+            self._pending[pending.id] = pending
+            params = {"streamId": pending.stream_id, "after": pending.last_seq}
+            try:
+                await self._send(ws, _frame("stream.resume", params, pending.id))
+            except ClientError:
+                return  # dropped again: the next reconnect resumes them
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -388,10 +416,14 @@ class Client:
         self._ready.set()
         self._fail_pending(error)
 
-    def _fail_pending(self, error: ConnectionLost) -> None:
+    def _fail_pending(self, error: ConnectionLost, *, keep_resumable: bool = False) -> None:
+        """Fail what waits; with ``keep_resumable``, streams that have a stream id wait on."""
         pending, self._pending = self._pending, {}
-        for item in pending.values():
-            item.settle(copy.copy(error))
+        for id, item in pending.items():
+            if keep_resumable and item.stream_id is not None and item.deltas is not None:
+                self._pending[id] = item
+            else:
+                item.settle(copy.copy(error))
 
     async def _connection(self) -> ClientConnection:
         """The live connection, waiting while the client reconnects."""
@@ -434,6 +466,10 @@ class Client:
         if pending is None:
             logger.debug("response for an id nobody waits for: %r", id)
             return
+        if pending.resumes and isinstance(outcome, StreamLost):
+            outcome = ConnectionLost(
+                f"connection lost and the stream could not be resumed: {outcome}"
+            )
         pending.settle(outcome)
 
     def _on_notification(self, message: dict[str, Any]) -> None:
@@ -459,14 +495,22 @@ class Client:
         pending = self._pending.get(id) if isinstance(id, int) else None
         if pending is None or pending.deltas is None:
             return  # a stream that was abandoned, or a streaming method used with call()
-        if seq != pending.next_seq or not isinstance(text, str):
+        if (
+            not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or seq <= pending.last_seq
+            or not isinstance(text, str)
+        ):
             assert isinstance(id, int)
             del self._pending[id]
-            expected = pending.next_seq
-            pending.settle(ProtocolError(f"stream {id}: expected delta seq {expected}, got {seq}"))
+            last = pending.last_seq
+            pending.settle(ProtocolError(f"stream {id}: delta seq {seq!r} after seq {last}"))
             self._spawn(self._send_cancel(id))
             return
-        pending.next_seq += 1
+        stream_id = params.get("streamId")
+        if isinstance(stream_id, str):
+            pending.stream_id = stream_id
+        pending.last_seq = seq
         pending.deltas.put_nowait(text)
 
 

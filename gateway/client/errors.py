@@ -24,6 +24,9 @@ __all__ = [
     "ModelUnavailable",
     "ProtocolError",
     "RpcError",
+    "StreamGap",
+    "StreamLost",
+    "StreamNotFound",
     "TokenExpired",
     "Unauthenticated",
     "UpstreamError",
@@ -94,6 +97,18 @@ class BudgetExceeded(RpcError):
     """-32007: the token budget is spent; see ``retry_after``."""
 
 
+class StreamLost(RpcError):
+    """-32040/-32041: the stream cannot be resumed (see the two subclasses)."""
+
+
+class StreamNotFound(StreamLost):
+    """-32040: no such stream for you: unknown, expired, or another user's."""
+
+
+class StreamGap(StreamLost):
+    """-32041: the part after the requested position is no longer kept (``data.firstSeq``)."""
+
+
 class UpstreamError(RpcError):
     """-32010..-32015: the model provider failed; ``code`` says how."""
 
@@ -113,6 +128,8 @@ _RPC_ERRORS: dict[int, type[RpcError]] = {
     ErrorCode.CANCELLED: Cancelled,
     ErrorCode.MODEL_UNAVAILABLE: ModelUnavailable,
     ErrorCode.BUDGET_EXCEEDED: BudgetExceeded,
+    ErrorCode.STREAM_NOT_FOUND: StreamNotFound,
+    ErrorCode.STREAM_GAP: StreamGap,
 }
 
 

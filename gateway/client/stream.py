@@ -35,12 +35,26 @@ class Stream:
         self.method = method
         self.params = params
         self.idle_timeout = idle_timeout
-        self.id: int | None = None
         self.result: Any = None
         self._client = client
         self._parts: list[str] = []
         self._pending: _Pending | None = None
         self._done = False
+
+    @property
+    def id(self) -> int | None:
+        """The request id the stream is waiting under now (``stream.resume`` gives a new one)."""
+        return self._pending.id if self._pending is not None else None
+
+    @property
+    def stream_id(self) -> str | None:
+        """The server's id for this answer (from its first delta), for ``stream.resume``."""
+        return self._pending.stream_id if self._pending is not None else None
+
+    @property
+    def resumes(self) -> int:
+        """How many times the stream was resumed after a reconnect."""
+        return self._pending.resumes if self._pending is not None else 0
 
     @property
     def text(self) -> str:
@@ -56,7 +70,7 @@ class Stream:
         try:
             async with asyncio.timeout(self.idle_timeout):
                 if self._pending is None:
-                    self.id, self._pending = await self._client._start(self.method, self.params)
+                    _, self._pending = await self._client._start(self.method, self.params)
                 assert self._pending.deltas is not None
                 text = await self._pending.deltas.get()
         except BaseException:
