@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from gateway.client import (
     Unauthenticated,
     connect,
 )
+from gateway.config import DEFAULT_MODELS
 from tests.support import TEST_JWT_SECRET, gateway_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -419,3 +421,24 @@ async def test_a_bot_survives_a_server_restart(tmp_path: Path) -> None:
                 assert again.result["finishReason"] == "stop"
     finally:
         await client.close()
+
+
+async def test_a_stream_cut_by_a_dropped_socket_resumes_by_itself_with_no_duplicate_text() -> None:
+    """The socket dies mid-answer (no close frame): the same ``async for`` continues after the
+    reconnect via stream.resume, and the text equals an uninterrupted run's."""
+    paced = replace(DEFAULT_MODELS[0], name="offline-100", tokens_per_second=100.0)
+    async with gateway_server(api_keys=KEYS, models=(*DEFAULT_MODELS, paced)) as gw:
+        async with connect(gw.ws_url, token="tok-alice", min_backoff=0.01) as client:
+            async with asyncio.timeout(TIMEOUT):
+                await client.call("chat.setModel", "offline-100")
+                whole = client.stream("chat.postChat", message=LONG_MESSAGE)
+                expected = "".join([text async for text in whole])
+                stream = client.stream("chat.postChat", message=LONG_MESSAGE)
+                parts = [await anext(stream) for _ in range(3)]
+                assert client._ws is not None
+                client._ws.transport.abort()
+                parts += [text async for text in stream]
+    assert "".join(parts) == expected == stream.text
+    assert stream.resumes == 1 and client.connections == 2
+    assert stream.result["streamId"] == stream.stream_id
+    assert {**stream.result, "streamId": None} == {**whole.result, "streamId": None}
