@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any
 
-from gateway.jsonrpc.registry import Registry
+from gateway.jsonrpc.registry import Follow, Registry
 
 __all__ = ["discover"]
 
@@ -51,7 +51,8 @@ def discover(registry: Registry, *, title: str, version: str) -> dict[str, Any]:
         }
         if rest.strip():
             method["description"] = rest.strip()
-        if spec.streaming:
+        # A method answering with a Follow (stream.resume) streams another call's log.
+        if spec.streaming or spec.signature.return_annotation in (Follow, "Follow"):
             method["x-streaming"] = True
         methods.append(method)
     return {
