@@ -320,6 +320,9 @@ class ChatSession:
         self.out.write("\n")
         self.out.flush()
         result = stream.result if isinstance(stream.result, dict) else {}
+        if stream.resumes:
+            # The client resumed the reply by itself after the connection dropped.
+            print("[the connection dropped; the reply was resumed]", file=self.err)
         if stopped:
             print("[stopped]", file=self.err)
         elif result.get("finishReason") == "error":

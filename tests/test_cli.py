@@ -206,3 +206,25 @@ async def test_chat_with_a_refused_token_exits_1() -> None:
         code, _, err = await run("chat", url=gw.ws_url, token="tok-mallory", stdin="hi\n")
     assert code == 1
     assert "401" in err
+
+
+async def test_chat_continues_a_reply_through_a_dropped_connection() -> None:
+    """The socket dies mid-reply (no close frame): chat reconnects, resumes, prints it whole."""
+    message = "please keep going through a network change"
+    async with gateway_server(api_keys=KEYS) as gw:
+        async with connect(gw.ws_url, token="tok-alice") as client:
+            expected = "".join(
+                [t async for t in client.stream("chat.chatWithHistory", message, [])]
+            )
+        async with cli("chat", url=gw.ws_url) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write((message + "\n").encode())
+            await proc.stdin.drain()
+            async with asyncio.timeout(TIMEOUT):
+                start = await proc.stdout.read(5)  # the paced reply has begun
+                for conn in list(gw.connections):  # the chat's (and any closing one)
+                    conn.ws.transport.abort()
+                out, err = await proc.communicate(b"")
+    assert proc.returncode == 0, err
+    assert (start + out).decode().splitlines()[0] == expected
+    assert "the reply was resumed" in err.decode()
