@@ -205,7 +205,7 @@ class Stats:
         self.streams = 0  # completed streams (final response received)
         self.calls = 0  # completed non-streaming calls
         self.errors: dict[str, int] = {}
-        self.seq_gaps = 0
+        self.seq_gaps = 0  # deltas whose seq did not increase (a protocol violation)
         self.lateness_ms: list[float] = []
         self.ttft_ms: list[float] = []
         self.gap_excess_ms: list[float] = []
@@ -280,7 +280,9 @@ class Conn:
                 return
             st = found
             stats = self.stats
-            if params["seq"] != st.next_seq:
+            # seq is the position of the frame's last piece: it skips where pieces
+            # merged, but must never repeat or go back.
+            if params["seq"] < st.next_seq:
                 stats.seq_gaps += 1
             st.next_seq = params["seq"] + 1
             k = len(params["text"].split())

@@ -118,6 +118,8 @@ class Server:
         self.workdir = workdir
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.config = HERE / "gateway.toml"
+        """The gateway's config file (bench/resume.py swaps in one with the stream log off)."""
 
     @property
     def pid(self) -> int:
@@ -136,7 +138,7 @@ class Server:
                 "--port",
                 "0",
                 "--config",
-                str(HERE / "gateway.toml"),
+                str(self.config),
             ]
             if Server.profile_dir is not None:
                 prof = Server.profile_dir / f"gateway-{time.strftime('%H%M%S')}.prof"

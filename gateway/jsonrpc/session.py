@@ -14,7 +14,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,10 +45,19 @@ _NO_ID = object()
 
 
 class StreamRelay(Protocol):
-    """Runs streaming calls detached and logged (:class:`gateway.streams.hub.StreamHub`)."""
+    """Logs streaming calls so they outlive their connection (``gateway.streams.hub.StreamHub``)."""
 
-    async def start(self, source: AsyncGenerator[Any, None], method: str) -> str:
-        """Produce ``source`` into a new stream's log; return its id."""
+    async def open(self, method: str) -> str:
+        """Start a new stream's log, produced by the current task; return its id."""
+        ...
+
+    async def produce(
+        self,
+        stream_id: str,
+        source: AsyncGenerator[Any, None],
+        deliver: Callable[[str, int], Awaitable[bool]],
+    ) -> StreamEnd:
+        """Log and ``deliver`` each piece of ``source`` (on alone once it says False); the end."""
         ...
 
     def follow(self, stream_id: str, after: int) -> AsyncGenerator[Piece | StreamEnd, None]:
@@ -95,7 +104,7 @@ class _Call:
     cancel_requested: bool = False
     started: bool = False
     stream_id: str | None = None
-    """The logged stream this call relays, once it has one (rpc.cancel stops that stream)."""
+    """The logged stream this call produces or follows (rpc.cancel stops that stream)."""
 
 
 @dataclass(slots=True)
@@ -152,6 +161,8 @@ class RpcSession:
         self._refused_in_a_row = 0
         self._inflight: dict[tuple[str, Any], _Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._producers: set[asyncio.Task[Any]] = set()
+        """Calls producing a logged stream: close() leaves them running (the stream log's)."""
         self._closing = False
 
     # Inbound
@@ -335,8 +346,7 @@ class RpcSession:
                     raise Cancelled()
                 result = {"finishReason": "cancelled"}
             elif spec.streaming and self._streams is not None:
-                stream_id = await self._streams.start(spec.fn(*args, **kwargs), spec.name)
-                result = await self._relay(call, stream_id, -1)
+                result = await self._produce(call, args, kwargs)
             elif spec.streaming:
                 result = await self._stream(call, args, kwargs)
             else:
@@ -400,6 +410,30 @@ class RpcSession:
             await agen.aclose()
         return {"finishReason": "stop"} if final is None else final
 
+    async def _produce(self, call: _Call, args: Any, kwargs: Any) -> Any:
+        """Run a streaming method into its stream's log, delivering here while connected."""
+        assert self._streams is not None
+        task = asyncio.current_task()
+        assert task is not None
+        stream_id = await self._streams.open(call.spec.name)
+        call.stream_id = stream_id
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+        stream = DeltaStream(encode_small(call.id), b',"streamId":' + orjson.dumps(stream_id))
+        put_delta = self.outbound.put_delta
+
+        async def deliver(text: str, pos: int) -> bool:
+            try:
+                await put_delta(stream, text, pos)
+            except OutboundClosed:
+                return False
+            return True
+
+        end = await self._streams.produce(stream_id, call.spec.fn(*args, **kwargs), deliver)
+        if end.error is not None:
+            raise _LoggedError(end.error)
+        return end.result
+
     async def _relay(self, call: _Call, stream_id: str, after: int) -> Any:
         """Relay a logged stream's pieces after ``after`` as this call's deltas, then its result."""
         assert self._streams is not None
@@ -439,10 +473,11 @@ class RpcSession:
         return len(self._tasks)
 
     async def close(self, *, timeout: float = 5.0) -> None:
-        """Cancel everything in flight and wait for it: no task outlives the connection."""
+        """Cancel everything in flight and wait for it; only streams being logged go on."""
         self._closing = True
         self.outbound.close()
-        tasks = list(self._tasks)
+        # A call producing a logged stream goes on without the connection (see StreamRelay).
+        tasks = [task for task in self._tasks if task not in self._producers]
         for task in tasks:
             task.cancel()
         if tasks:

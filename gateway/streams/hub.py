@@ -1,24 +1,27 @@
-"""Runs each streamed answer detached from the connection that asked for it.
+"""Runs each streamed answer so that it outlives the connection that asked for it.
 
-:meth:`StreamHub.start` logs the answer's pieces from a task of its own (the
-**producer**), so a dropped connection does not stop the generation; the
-connection's call, and any later ``stream.resume``, are **followers** that
-read the log (:meth:`StreamHub.follow`). A stream with no follower for
+The call that starts a stream **produces** it: :meth:`StreamHub.produce`
+logs every piece and hands it to the caller's connection (``deliver``) in the
+same step, so a connected reader costs one log append per piece and no task
+switch. When that connection goes away, ``deliver`` says so and the call's
+task goes on producing into the log alone, detached (the session does not
+cancel it). Other connections **follow** the log (:meth:`StreamHub.follow`,
+``stream.resume``). A stream with neither its connection nor a follower for
 ``resume_grace`` seconds is cancelled (0: at once, the old
 cancel-on-disconnect). A follower on this process that falls more than
-``max_lag`` pieces behind makes the producer wait (the old backpressure of a
-slow reader), so a connected reader never loses pieces to the log's length
-cap; with no follower the producer runs free and the cap bounds memory.
+``max_lag`` pieces behind makes the producer wait (as a full outbound queue
+does for the producer's own connection), so a connected reader never loses
+pieces to the log's length cap; with nobody reading, the producer runs free
+and the cap bounds memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from gateway.context import current_user
@@ -26,9 +29,12 @@ from gateway.errors import GatewayError, InternalError, StreamNotFound
 from gateway.jsonrpc.registry import Final
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
 
-__all__ = ["StreamHub"]
+__all__ = ["Deliver", "StreamHub"]
 
 log = logging.getLogger(__name__)
+
+Deliver = Callable[[str, int], Awaitable[bool]]
+"""``deliver(text, pos)``: send a piece to the producing connection; False once it is gone."""
 
 TIME_SLICE = 0.005
 """Seconds a producer may run without yielding to the loop."""
@@ -37,12 +43,25 @@ TIME_SLICE = 0.005
 class _Run:
     """A stream this process is producing."""
 
-    __slots__ = ("cancelled", "head", "readers", "room", "stream_id", "task", "timer", "user_id")
+    __slots__ = (
+        "attached",
+        "cancelled",
+        "head",
+        "readers",
+        "room",
+        "stream_id",
+        "task",
+        "timer",
+        "user_id",
+    )
 
-    def __init__(self, stream_id: str, user_id: str) -> None:
+    def __init__(self, stream_id: str, user_id: str, task: asyncio.Task[Any] | None) -> None:
         self.stream_id = stream_id
         self.user_id = user_id
-        self.task: asyncio.Task[None] | None = None
+        self.task = task
+        """The task producing it: the call that started it."""
+        self.attached = True
+        """The producing call's connection still takes the pieces."""
         self.head = -1
         """Position of the last piece logged."""
         self.readers: dict[object, int] = {}
@@ -50,6 +69,7 @@ class _Run:
         self.room: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.cancelled = False
+        """The hub cancelled it (rpc.cancel, stream.cancel, grace, shutdown)."""
 
     def lag(self) -> int:
         return self.head - min(self.readers.values()) if self.readers else 0
@@ -86,30 +106,27 @@ class StreamHub:
 
     # Producing
 
-    async def start(self, source: AsyncGenerator[Any, None], method: str) -> str:
-        """Log ``source``'s pieces from a detached task; return the new stream's id.
-
-        ``source`` yields text pieces (``str``, or objects with ``text`` and
-        ``kind``) and may end with a :class:`Final`. Its first step runs in the
-        caller's context (the user, the connection), copied.
-        """
+    async def open(self, method: str) -> str:
+        """Start the log of a new stream, produced by the current task; return its id."""
         user = current_user()
         stream_id = new_stream_id()
-        info = StreamInfo(stream_id, user.id, method, time.time(), owner=self.node)
-        await self.log.create(info)
-        run = _Run(stream_id, user.id)
-        self._runs[stream_id] = run
-        run.task = asyncio.get_running_loop().create_task(
-            self._produce(run, source), context=contextvars.copy_context()
-        )
-        if self.resume_grace > 0:
-            self._arm(run)  # until its first follower comes (the caller follows at once)
+        await self.log.create(StreamInfo(stream_id, user.id, method, time.time(), owner=self.node))
+        self._runs[stream_id] = _Run(stream_id, user.id, asyncio.current_task())
         return stream_id
 
-    async def _produce(self, run: _Run, source: AsyncGenerator[Any, None]) -> None:
+    async def produce(
+        self, stream_id: str, source: AsyncGenerator[Any, None], deliver: Deliver
+    ) -> StreamEnd:
+        """Log ``source``'s pieces and ``deliver`` each; go on alone once ``deliver`` says False.
+
+        ``source`` yields text (``str``, or objects with ``text`` and ``kind``)
+        and may end with a :class:`Final`. Returns how the stream ended, as
+        logged (its result carries ``streamId``); never raises for the stream's
+        own failures, which end it with an error instead.
+        """
+        run = self._runs[stream_id]
         loop = asyncio.get_running_loop()
         append = self.log.append
-        stream_id = run.stream_id
         end: StreamEnd | None = None
         slice_start = loop.time()
         try:
@@ -119,37 +136,34 @@ class StreamHub:
                         end = StreamEnd(item.result)
                         break
                     if isinstance(item, str):
-                        run.head = append(stream_id, item)
+                        text, pos = item, append(stream_id, item)
                     else:
-                        run.head = append(stream_id, item.text, item.kind)
-                    while run.readers and run.lag() > self.max_lag:
-                        run.room = loop.create_future()
-                        await run.room
+                        text, pos = item.text, append(stream_id, item.text, item.kind)
+                    run.head = pos
+                    if run.attached and not await deliver(text, pos):
+                        self._detach(run)
+                    if run.readers and run.lag() > self.max_lag:
+                        await self._wait_for_readers(run)
                     if loop.time() - slice_start > TIME_SLICE:
                         await asyncio.sleep(0)
                         slice_start = loop.time()
             except asyncio.CancelledError:
-                _uncancel()
-                # The generator may be parked at a yield: let it say how it ended.
-                if getattr(source, "ag_frame", None) is not None:
-                    try:
-                        item = await source.athrow(asyncio.CancelledError())
-                        if isinstance(item, Final):
-                            end = StreamEnd(item.result)
-                    except (StopAsyncIteration, asyncio.CancelledError):
-                        pass
-                if end is None:
+                if not run.cancelled:
                     end = StreamEnd({"finishReason": "cancelled"})
+                    raise  # not ours (the loop is closing): log the end, then go
+                _uncancel()
+                end = await _ending(source)
             except GatewayError as exc:
                 end = StreamEnd(error=exc.to_error())
             except Exception:
                 log.exception("stream %s failed", stream_id)
                 end = StreamEnd(error=InternalError().to_error())
             if run.cancelled:
+                # A cancel the source swallowed (it answered with its Final) still counts.
                 _uncancel()
+        finally:
             with contextlib.suppress(Exception):
                 await source.aclose()
-        finally:
             if end is None:
                 end = StreamEnd({"finishReason": "stop"})
             if end.error is None and isinstance(end.result, dict):
@@ -158,6 +172,18 @@ class StreamHub:
                 run.timer.cancel()
             self._runs.pop(stream_id, None)
             await self.log.finish(stream_id, end)
+        return end
+
+    async def _wait_for_readers(self, run: _Run) -> None:
+        while run.readers and run.lag() > self.max_lag:
+            run.room = asyncio.get_running_loop().create_future()
+            await run.room
+
+    def _detach(self, run: _Run) -> None:
+        """The producing connection is gone: from now on the stream lives on followers."""
+        run.attached = False
+        if not run.readers:
+            self._arm(run)
 
     # Following
 
@@ -185,15 +211,15 @@ class StreamHub:
             if run is not None:
                 run.readers.pop(token, None)
                 run.wake()
-                if not run.readers and stream_id in self._runs:
+                if not run.readers and not run.attached and stream_id in self._runs:
                     self._arm(run)
 
     def _arm(self, run: _Run) -> None:
-        """No follower now: cancel the stream unless one comes within ``resume_grace``."""
+        """Nobody follows now: cancel the stream unless someone comes within ``resume_grace``."""
         if run.timer is not None:
             run.timer.cancel()
+        run.timer = None
         if self.resume_grace <= 0:
-            run.timer = None
             self._cancel_run(run)
         else:
             run.timer = asyncio.get_running_loop().call_later(
@@ -212,9 +238,7 @@ class StreamHub:
     def cancel(self, stream_id: str) -> bool:
         """Stop the stream now (it ends ``finishReason: "cancelled"``); False if not running."""
         run = self._runs.get(stream_id)
-        if run is None:
-            return False
-        return self._cancel_run(run)
+        return run is not None and self._cancel_run(run)
 
     async def cancel_owned(self, stream_id: str, user_id: str) -> bool:
         """:meth:`cancel` for ``stream.cancel``: only the owner's streams, on any process."""
@@ -236,13 +260,26 @@ class StreamHub:
 
     async def close(self, *, timeout: float = 5.0) -> None:
         """Cancel every stream this process produces and wait for their ends to be logged."""
-        tasks = [run.task for run in self._runs.values() if run.task is not None]
-        for run in list(self._runs.values()):
+        runs = list(self._runs.values())
+        tasks = [run.task for run in runs if run.task is not None]
+        for run in runs:
             self._cancel_run(run)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 log.error("stream task did not stop within %.1fs: %r", timeout, task)
+
+
+async def _ending(source: AsyncGenerator[Any, None]) -> StreamEnd:
+    """How a cancelled source ends: it may be parked at a yield, so let it say (its Final)."""
+    if getattr(source, "ag_frame", None) is not None:
+        try:
+            item = await source.athrow(asyncio.CancelledError())
+            if isinstance(item, Final):
+                return StreamEnd(item.result)
+        except (StopAsyncIteration, asyncio.CancelledError):
+            pass
+    return StreamEnd({"finishReason": "cancelled"})
 
 
 def _uncancel() -> None:

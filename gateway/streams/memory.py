@@ -3,8 +3,8 @@
 Each stream keeps its pieces in a list starting at position ``first``. When
 it holds more than ``max_pieces`` pieces or ``max_chars`` characters the
 oldest quarter is dropped at once (amortised O(1) per append); a reader that
-needs a dropped position gets :class:`~gateway.errors.StreamGap`. Readers
-wait on one future per stream, made only while someone waits, so a burst of
+needs a dropped position gets :class:`~gateway.errors.StreamGap`. A reader
+waits on a future of its own, made only while it waits, so a burst of
 appends in one loop tick wakes each reader once.
 """
 
@@ -22,7 +22,7 @@ __all__ = ["MemoryStreamLog"]
 
 
 class _Log:
-    __slots__ = ("chars", "end", "first", "info", "kinds", "texts", "waiter")
+    __slots__ = ("chars", "end", "first", "info", "kinds", "texts", "waiters")
 
     def __init__(self, info: StreamInfo) -> None:
         self.info = info
@@ -32,12 +32,15 @@ class _Log:
         self.first = 0
         self.chars = 0
         self.end: StreamEnd | None = None
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+        """One future per reader waiting for more (a cancelled reader cancels only its own)."""
 
     def wake(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 class MemoryStreamLog:
@@ -156,10 +159,9 @@ class MemoryStreamLog:
             if log.end is not None:
                 yield log.end
                 return
-            if log.waiter is None:
-                log.waiter = asyncio.get_running_loop().create_future()
-            # wait() rather than await: a cancelled reader must not cancel the others' future.
-            await asyncio.wait((log.waiter,))
+            waiter = asyncio.get_running_loop().create_future()
+            log.waiters.append(waiter)
+            await waiter
 
     async def list(self, user_id: str) -> list[StreamInfo]:
         self._expire()
