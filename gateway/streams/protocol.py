@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -87,7 +87,6 @@ class StreamInfo:
     finish_reason: str | None = None
     owner: str = ""
     """The node producing it (``gateway.node``); informational on one process."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The row ``stream.list`` returns."""

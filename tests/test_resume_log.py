@@ -1,0 +1,170 @@
+"""The StreamLog contract, run against every implementation (memory; Redis slots in here)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.errors import StreamGap, StreamNotFound
+from gateway.streams.memory import MemoryStreamLog
+from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
+
+TIMEOUT = 5.0
+
+MakeLog = Callable[..., StreamLog]
+
+
+@pytest.fixture(params=["memory"])
+def make_log(request: pytest.FixtureRequest) -> MakeLog:
+    """A factory of empty logs with the given limits, for each implementation."""
+
+    def memory(**limits: Any) -> StreamLog:
+        return MemoryStreamLog(**limits)
+
+    return {"memory": memory}[request.param]
+
+
+async def new_stream(log: StreamLog, user: str = "alice") -> str:
+    stream_id = new_stream_id()
+    await log.create(StreamInfo(stream_id, user, "chat.postChat", time.time()))
+    return stream_id
+
+
+async def read_all(log: StreamLog, stream_id: str, after: int) -> list[Piece | StreamEnd]:
+    async with asyncio.timeout(TIMEOUT):
+        return [item async for item in log.read(stream_id, after)]
+
+
+async def take(reader: AsyncIterator[Piece | StreamEnd], n: int) -> list[Piece | StreamEnd]:
+    async with asyncio.timeout(TIMEOUT):
+        return [await anext(reader) for _ in range(n)]
+
+
+def test_stream_ids_are_random_and_long() -> None:
+    """128 random bits, URL-safe; a thousand are all different."""
+    ids = {new_stream_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(i.startswith("st_") and len(i) == 25 for i in ids)
+
+
+async def test_positions_count_from_zero_and_a_finished_log_replays_after_any_position(
+    make_log: MakeLog,
+) -> None:
+    """append returns 0, 1, 2...; read after k gives k+1.. then the end, once each."""
+    log = make_log()
+    stream_id = await new_stream(log)
+    assert [log.append(stream_id, t) for t in ("a", "b", "c")] == [0, 1, 2]
+    await log.finish(stream_id, StreamEnd({"finishReason": "stop"}))
+    assert await read_all(log, stream_id, -1) == [
+        Piece(0, "a"),
+        Piece(1, "b"),
+        Piece(2, "c"),
+        StreamEnd({"finishReason": "stop"}),
+    ]
+    assert await read_all(log, stream_id, 1) == [Piece(2, "c"), StreamEnd({"finishReason": "stop"})]
+    assert await read_all(log, stream_id, 2) == [StreamEnd({"finishReason": "stop"})]
+
+
+async def test_a_reader_gets_the_replay_then_the_live_pieces_then_the_end(
+    make_log: MakeLog,
+) -> None:
+    """Pieces appended while a reader waits reach it once each, in order, kinds kept."""
+    log = make_log()
+    stream_id = await new_stream(log)
+    log.append(stream_id, "a")
+    reader = log.read(stream_id, -1)
+    assert await take(reader, 1) == [Piece(0, "a")]
+    waiting = asyncio.ensure_future(take(reader, 3))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    log.append(stream_id, "b")
+    log.append(stream_id, "thinking", "reasoning")
+    await log.finish(stream_id, StreamEnd(error={"code": -32013, "message": "down"}))
+    async with asyncio.timeout(TIMEOUT):
+        assert await waiting == [
+            Piece(1, "b"),
+            Piece(2, "thinking", "reasoning"),
+            StreamEnd(error={"code": -32013, "message": "down"}),
+        ]
+
+
+async def test_a_cancelled_reader_does_not_disturb_the_others(make_log: MakeLog) -> None:
+    """Two readers wait; one is cancelled; the other still gets the next piece."""
+    log = make_log()
+    stream_id = await new_stream(log)
+    first, second = log.read(stream_id, -1), log.read(stream_id, -1)
+    a = asyncio.ensure_future(take(first, 1))
+    b = asyncio.ensure_future(take(second, 1))
+    await asyncio.sleep(0.01)
+    a.cancel()
+    log.append(stream_id, "x")
+    async with asyncio.timeout(TIMEOUT):
+        assert await b == [Piece(0, "x")]
+    assert a.cancelled()
+
+
+async def test_trimmed_history_is_a_gap_never_a_silent_hole(make_log: MakeLog) -> None:
+    """Past max_pieces the oldest are dropped; reading before them raises StreamGap."""
+    log = make_log(max_pieces=8)
+    stream_id = await new_stream(log)
+    for i in range(20):
+        log.append(stream_id, str(i))
+    await log.finish(stream_id, StreamEnd({"finishReason": "stop"}))
+    with pytest.raises(StreamGap) as gap:
+        await read_all(log, stream_id, -1)
+    first = gap.value.data["firstSeq"] if gap.value.data else None
+    assert isinstance(first, int) and 12 <= first < 20
+    kept = await read_all(log, stream_id, first - 1)
+    assert [p.pos for p in kept if isinstance(p, Piece)] == list(range(first, 20))
+
+
+async def test_a_character_cap_trims_too(make_log: MakeLog) -> None:
+    """max_chars bounds a log of few, large pieces the same way."""
+    log = make_log(max_chars=1000)
+    stream_id = await new_stream(log)
+    for _ in range(10):
+        log.append(stream_id, "x" * 300)
+    with pytest.raises(StreamGap):
+        await take(log.read(stream_id, -1), 1)
+    assert (await take(log.read(stream_id, 8), 1)) == [Piece(9, "x" * 300)]
+
+
+async def test_a_finished_log_expires_after_done_ttl(make_log: MakeLog) -> None:
+    """After done_ttl, read, info and list know the stream no more."""
+    log = make_log(done_ttl=0.05)
+    stream_id = await new_stream(log)
+    await log.finish(stream_id, StreamEnd({"finishReason": "stop"}))
+    assert (await log.info(stream_id)) is not None
+    await asyncio.sleep(0.1)
+    assert await log.info(stream_id) is None
+    assert await log.list("alice") == []
+    with pytest.raises(StreamNotFound):
+        await read_all(log, stream_id, -1)
+
+
+async def test_list_gives_only_the_users_own_streams_newest_first(make_log: MakeLog) -> None:
+    """list(user) holds that user's running and finished streams, with state and last seq."""
+    log = make_log()
+    older = await new_stream(log)
+    await asyncio.sleep(0.01)
+    newer = await new_stream(log)
+    await new_stream(log, user="bob")
+    log.append(older, "a")
+    await log.finish(older, StreamEnd({"finishReason": "cancelled"}))
+    rows = [row.public() for row in await log.list("alice")]
+    assert [r["streamId"] for r in rows] == [newer, older]
+    assert rows[0]["state"] == "running" and rows[0]["lastSeq"] == -1
+    assert rows[1]["state"] == "done" and rows[1]["finishReason"] == "cancelled"
+    assert rows[1]["lastSeq"] == 0
+
+
+async def test_an_unknown_stream_is_not_found(make_log: MakeLog) -> None:
+    """read of an id never created raises StreamNotFound; info is None."""
+    log = make_log()
+    assert await log.info("st_nope") is None
+    with pytest.raises(StreamNotFound):
+        await read_all(log, "st_nope", -1)
