@@ -52,6 +52,7 @@ class _Run:
         "stream_id",
         "task",
         "timer",
+        "timer_task",
         "user_id",
     )
 
@@ -68,6 +69,8 @@ class _Run:
         """Followers on this process -> the last position each has taken."""
         self.room: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_task: asyncio.Task[None] | None = None
+        """The look at other processes' followers when the grace ran out."""
         self.cancelled = False
         """The hub cancelled it (rpc.cancel, stream.cancel, grace, shutdown)."""
 
@@ -98,6 +101,7 @@ class StreamHub:
         self.max_lag = max_lag
         self.node = node
         self._runs: dict[str, _Run] = {}
+        stream_log.watch_cancels(self.cancel)
 
     @property
     def running(self) -> int:
@@ -223,8 +227,27 @@ class StreamHub:
             self._cancel_run(run)
         else:
             run.timer = asyncio.get_running_loop().call_later(
-                self.resume_grace, self._cancel_run, run
+                self.resume_grace, self._grace_over, run
             )
+
+    def _grace_over(self, run: _Run) -> None:
+        run.timer = None
+        if run.task is not None and not run.task.done():
+            task = asyncio.get_running_loop().create_task(self._cancel_unless_followed(run))
+            run.timer_task = task
+
+    async def _cancel_unless_followed(self, run: _Run) -> None:
+        try:
+            followed = await self.log.followed_elsewhere(run.stream_id)
+        except Exception:
+            log.warning("cannot tell if stream %s is followed elsewhere", run.stream_id)
+            followed = False
+        if run.readers or run.attached or run.stream_id not in self._runs:
+            return
+        if followed:
+            self._arm(run)  # a reader on another process: look again after another grace
+        else:
+            self._cancel_run(run)
 
     # Cancelling
 
@@ -268,6 +291,7 @@ class StreamHub:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 log.error("stream task did not stop within %.1fs: %r", timeout, task)
+        await self.log.aclose()
 
 
 async def _ending(source: AsyncGenerator[Any, None]) -> StreamEnd:

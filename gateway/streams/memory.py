@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import StreamGap, StreamNotFound
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
@@ -170,3 +170,12 @@ class MemoryStreamLog:
 
     async def request_cancel(self, stream_id: str) -> None:
         """Nothing to do: on one process the hub cancels its own producer directly."""
+
+    def watch_cancels(self, on_cancel: Callable[[str], object]) -> None:
+        """Nothing to watch: no other process shares this log."""
+
+    async def followed_elsewhere(self, stream_id: str) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        return None

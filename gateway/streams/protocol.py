@@ -23,7 +23,7 @@ so a lost pub/sub message loses no cancel).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -106,7 +106,8 @@ class StreamLog(Protocol):
 
     Writer side (only the producer writes to a stream): :meth:`create`,
     :meth:`append`, :meth:`finish`. Reader side: :meth:`info`, :meth:`read`,
-    :meth:`list`. Cancel: :meth:`request_cancel`.
+    :meth:`list`. Across processes: :meth:`request_cancel`,
+    :meth:`watch_cancels`, :meth:`followed_elsewhere`. Lifecycle: :meth:`aclose`.
     """
 
     async def create(self, info: StreamInfo) -> None:
@@ -141,4 +142,17 @@ class StreamLog(Protocol):
 
     async def request_cancel(self, stream_id: str) -> None:
         """Ask the stream's owner to stop it (on any process)."""
+        ...
+
+    def watch_cancels(self, on_cancel: Callable[[str], object]) -> None:
+        """Call ``on_cancel(stream_id)`` when another process asks to stop one of ours."""
+        ...
+
+    async def followed_elsewhere(self, stream_id: str) -> bool:
+        """Whether a reader on another process follows the stream now (it must not be
+        cancelled for want of followers)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work (flushes, subscriptions); logs already finished stay."""
         ...
