@@ -316,3 +316,49 @@ async def _response(client: RawClient, id: Any) -> dict[str, Any]:
         frame = await client.recv()
         if frame.get("id") == id and "method" not in frame:
             return frame
+
+
+async def test_a_streaming_call_in_a_batch_is_logged_and_resumable() -> None:
+    """A stream inside a batch carries its streamId; its final result in the array replays."""
+    async with gateway_server() as gw, raw_client(gw) as client:
+        async with asyncio.timeout(TIMEOUT):
+            await client.call("chat.setModel", ["offline-fast"])
+            await client.send(
+                [
+                    {"jsonrpc": "2.0", "id": "s", "method": "chat.postChat", "params": ["hi"]},
+                    {"jsonrpc": "2.0", "id": "m", "method": "chat.getCurrentModel"},
+                ]
+            )
+            deltas = []
+            while True:
+                frame = await client.recv()
+                if isinstance(frame, list):
+                    break
+                deltas.append(frame["params"])
+            final = next(item for item in frame if item["id"] == "s")
+            text, _, replay = await client.stream(
+                "stream.resume", {"streamId": deltas[0]["streamId"]}
+            )
+    assert text == "".join(d["text"] for d in deltas)
+    assert replay["result"] == final["result"]
+
+
+async def test_stream_methods_refuse_bad_params_without_disturbing_the_connection() -> None:
+    """Wrong types and missing ids are -32602; the connection goes on."""
+    async with gateway_server() as gw, raw_client(gw) as client:
+        async with asyncio.timeout(TIMEOUT):
+            answers = [
+                await client.call("stream.resume", params)
+                for params in (
+                    {},
+                    {"streamId": 5},
+                    {"streamId": "st_x", "after": "1"},
+                    {"streamId": "st_x", "after": 1.5},
+                    ["st_x", -1, "extra"],
+                )
+            ]
+            cancel = await client.call("stream.cancel", {"streamId": None})
+            alive = await client.call("chat.getCurrentModel")
+    assert [a["error"]["code"] for a in answers] == [-32602] * 5
+    assert cancel["error"]["code"] == -32602
+    assert alive["result"]["name"] == "offline"

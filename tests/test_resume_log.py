@@ -168,3 +168,16 @@ async def test_an_unknown_stream_is_not_found(make_log: MakeLog) -> None:
     assert await log.info("st_nope") is None
     with pytest.raises(StreamNotFound):
         await read_all(log, "st_nope", -1)
+
+
+async def test_memory_finished_logs_give_way_to_the_total_character_bound() -> None:
+    """Over max_total_chars, the oldest finished logs go first; running ones stay."""
+    log = MemoryStreamLog(max_total_chars=1000)
+    old, running, new = [await new_stream(log) for _ in range(3)]
+    for stream_id in (old, running, new):
+        log.append(stream_id, "x" * 400)
+    await log.finish(old, StreamEnd({"finishReason": "stop"}))
+    await log.finish(new, StreamEnd({"finishReason": "stop"}))
+    await new_stream(log)  # any call applies the bound
+    assert await log.info(old) is None
+    assert await log.info(running) is not None and await log.info(new) is not None

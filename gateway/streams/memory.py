@@ -6,6 +6,9 @@ oldest quarter is dropped at once (amortised O(1) per append); a reader that
 needs a dropped position gets :class:`~gateway.errors.StreamGap`. A reader
 waits on a future of its own, made only while it waits, so a burst of
 appends in one loop tick wakes each reader once.
+Finished logs are dropped ``done_ttl`` after their end, or earlier (oldest
+first) while there are more than ``max_streams`` logs or more than
+``max_total_chars`` characters in all.
 """
 
 from __future__ import annotations
@@ -53,12 +56,16 @@ class MemoryStreamLog:
         max_pieces: int = 10_000,
         max_chars: int = 16 * 1024 * 1024,
         max_streams: int = 100_000,
+        max_total_chars: int = 256 * 1024 * 1024,
         # Timeouts (seconds)
         done_ttl: float = 300.0,
     ) -> None:
         self.max_pieces = max_pieces
         self.max_chars = max_chars
         self.max_streams = max_streams
+        self.max_total_chars = max_total_chars
+        self._chars = 0
+        """Characters held by every log together."""
         self.done_ttl = done_ttl
         self._logs: dict[str, _Log] = {}
         self._by_user: dict[str, dict[str, None]] = {}
@@ -69,10 +76,15 @@ class MemoryStreamLog:
     def _expire(self) -> None:
         now = time.monotonic()
         done = self._done
-        while done and (done[0][0] <= now or len(self._logs) > self.max_streams):
+        while done and (
+            done[0][0] <= now
+            or len(self._logs) > self.max_streams
+            or self._chars > self.max_total_chars
+        ):
             _, stream_id = done.popleft()
             log = self._logs.pop(stream_id, None)
             if log is not None:
+                self._chars -= log.chars
                 mine = self._by_user.get(log.info.user_id, {})
                 mine.pop(stream_id, None)
                 if not mine:
@@ -102,8 +114,11 @@ class MemoryStreamLog:
         if log.kinds is not None:
             log.kinds.append(kind)
         log.chars += len(text)
+        self._chars += len(text)
         if len(log.texts) > self.max_pieces or log.chars > self.max_chars:
+            self._chars -= log.chars
             self._trim(log)
+            self._chars += log.chars
         log.wake()
         return pos
 
