@@ -140,6 +140,7 @@ class StreamHub:
                         end = StreamEnd(item.result)
                         break
                     if isinstance(item, str):
+                        # Delivered as yielded: a str subclass (a reasoning piece) keeps its type.
                         text, pos = item, append(stream_id, item)
                     else:
                         text, pos = item.text, append(stream_id, item.text, item.kind)
