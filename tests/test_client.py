@@ -442,3 +442,25 @@ async def test_a_stream_cut_by_a_dropped_socket_resumes_by_itself_with_no_duplic
     assert stream.resumes == 1 and client.connections == 2
     assert stream.result["streamId"] == stream.stream_id
     assert {**stream.result, "streamId": None} == {**whole.result, "streamId": None}
+
+
+async def test_a_stream_closed_while_the_socket_is_down_is_cancelled_after_the_reconnect() -> None:
+    """aclose() with no connection: after the reconnect the client stops it (stream.cancel)."""
+    async with gateway_server(api_keys=KEYS) as gw:
+        async with connect(gw.ws_url, token="tok-alice", min_backoff=0.2) as client:
+            async with asyncio.timeout(TIMEOUT):
+                stream = client.stream("chat.postChat", message=LONG_MESSAGE)
+                await anext(stream)
+                assert client._ws is not None
+                client._ws.transport.abort()
+                while client.connected:
+                    await asyncio.sleep(0.01)
+                await stream.aclose()  # the socket is down: nothing can be sent now
+                stream_id = stream.stream_id
+
+                async def cancelled() -> None:
+                    (row,) = await client.call("stream.list")
+                    assert row["streamId"] == stream_id
+                    assert row["finishReason"] == "cancelled"
+
+                await eventually(cancelled)
