@@ -136,7 +136,7 @@ class RawClient:
             if frame.get("method") == "stream.delta" and frame["params"]["id"] == id:
                 deltas.append(frame["params"])
             elif frame.get("id") == id and "method" not in frame:
-                return "".join(d["text"] for d in deltas), deltas, frame
+                return "".join(d.get("text", "") for d in deltas), deltas, frame
 
 
 @contextlib.asynccontextmanager

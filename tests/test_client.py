@@ -464,3 +464,20 @@ async def test_a_stream_closed_while_the_socket_is_down_is_cancelled_after_the_r
                     assert row["finishReason"] == "cancelled"
 
                 await eventually(cancelled)
+
+
+async def test_reasoning_deltas_count_as_positions_and_stay_out_of_the_text() -> None:
+    """A "reasoning" delta is not yielded as text; it is kept in stream.reasoning."""
+    delta = {"jsonrpc": "2.0", "method": "stream.delta"}
+    frames: list[dict[str, Any]] = [
+        {**delta, "params": {"id": "{id}", "streamId": "st_x", "seq": 0, "reasoning": "hmm "}},
+        {**delta, "params": {"id": "{id}", "seq": 1, "text": "Yes"}},
+        {**delta, "params": {"id": "{id}", "seq": 3, "text": ", sure."}},
+        {"jsonrpc": "2.0", "id": "{id}", "result": {"finishReason": "stop"}},
+    ]
+    async with scripted_server(frames) as url, connect(url) as client:
+        stream = client.stream("chat.chatWithReasoning", message="hi")
+        async with asyncio.timeout(TIMEOUT):
+            texts = [text async for text in stream]
+    assert texts == ["Yes", ", sure."]
+    assert stream.reasoning == "hmm " and stream.stream_id == "st_x"

@@ -362,3 +362,32 @@ async def test_stream_methods_refuse_bad_params_without_disturbing_the_connectio
     assert [a["error"]["code"] for a in answers] == [-32602] * 5
     assert cancel["error"]["code"] == -32602
     assert alive["result"]["name"] == "offline"
+
+
+async def test_reasoning_pieces_resume_as_reasoning() -> None:
+    """A resumed chatWithReasoning replays reasoning deltas as "reasoning", text as "text"."""
+    reply = Reply(reasoning=["Weighing ", "the ", "question"], text=["An", " answer", "."])
+    async with OpenAIFake(default=reply) as fake:
+        async with provider_gateway(fake, models=(fake.model_config("up"),)) as gw:
+            async with asyncio.timeout(TIMEOUT):
+                async with raw_client(gw) as client:
+                    id = await client.request("chat.chatWithReasoning", {"message": "hi"})
+                    whole = []
+                    while (frame := await client.recv()).get("id") != id:
+                        whole.append(frame["params"])
+                stream_id = whole[0]["streamId"]
+                _, replayed, _ = await resume(gw, stream_id, -1)
+                _, rest, _ = await resume(gw, stream_id, whole[1]["seq"])
+
+    def kinds(deltas: list[dict[str, Any]]) -> str:
+        return "".join(
+            "r" * len(d.get("reasoning", "")) + "t" * len(d.get("text", "")) for d in deltas
+        )
+
+    def joined(deltas: list[dict[str, Any]], key: str) -> str:
+        return "".join(d.get(key, "") for d in deltas)
+
+    assert kinds(replayed) == kinds(whole)
+    assert joined(replayed, "reasoning") == "Weighing the question"
+    assert joined(replayed, "text") == "An answer."
+    assert kinds(whole[:2]) + kinds(rest) == kinds(whole)

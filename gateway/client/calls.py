@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Call", "NotificationHandler", "Params"]
@@ -43,6 +43,8 @@ class _Pending:
     """How many times it was resumed after a reconnect."""
     cancelled: bool = False
     """rpc.cancel was sent (or meant to be): do not resume it."""
+    reasoning: list[str] = field(default_factory=list)
+    """``reasoning`` deltas (chat.chatWithReasoning), kept apart from the text."""
 
     def settle(self, outcome: Any) -> None:
         if not self.future.done():

@@ -492,6 +492,7 @@ class Client:
 
     def _on_delta(self, params: dict[str, Any]) -> None:
         id, seq, text = params.get("id"), params.get("seq"), params.get("text")
+        reasoning = params.get("reasoning") if text is None else None
         pending = self._pending.get(id) if isinstance(id, int) else None
         if pending is None or pending.deltas is None:
             return  # a stream that was abandoned, or a streaming method used with call()
@@ -499,7 +500,7 @@ class Client:
             not isinstance(seq, int)
             or isinstance(seq, bool)
             or seq <= pending.last_seq
-            or not isinstance(text, str)
+            or not isinstance(text if reasoning is None else reasoning, str)
         ):
             assert isinstance(id, int)
             del self._pending[id]
@@ -511,7 +512,10 @@ class Client:
         if isinstance(stream_id, str):
             pending.stream_id = stream_id
         pending.last_seq = seq
-        pending.deltas.put_nowait(text)
+        if isinstance(reasoning, str):
+            pending.reasoning.append(reasoning)  # positions count it; the text iterator not
+        else:
+            pending.deltas.put_nowait(text)
 
 
 class _Connecting:

@@ -57,6 +57,11 @@ class Stream:
         return self._pending.resumes if self._pending is not None else 0
 
     @property
+    def reasoning(self) -> str:
+        """The model's reasoning received so far (``reasoning`` deltas; not yielded)."""
+        return "".join(self._pending.reasoning) if self._pending is not None else ""
+
+    @property
     def text(self) -> str:
         """All text received so far."""
         return "".join(self._parts)

@@ -31,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.jsonrpc.codec import decode, encode, encode_small
 from gateway.jsonrpc.outbound import DeltaStream, Outbound, OutboundClosed
-from gateway.jsonrpc.registry import Final, Follow, MethodSpec, Registry
+from gateway.jsonrpc.registry import Final, Follow, MethodSpec, Reasoning, Registry
 from gateway.streams.protocol import Piece, StreamEnd
 
 __all__ = ["Authorize", "RpcSession", "SessionLimits", "StreamRelay"]
@@ -452,7 +452,8 @@ class RpcSession:
                     if item.error is not None:
                         raise _LoggedError(item.error)
                     return item.result
-                await put_delta(stream, item.text, item.pos)
+                text = Reasoning(item.text) if item.kind == "reasoning" else item.text
+                await put_delta(stream, text, item.pos)
                 if loop.time() - slice_start > TIME_SLICE:
                     await asyncio.sleep(0)
                     slice_start = loop.time()

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.context import current_user
 from gateway.errors import GatewayError, InternalError, StreamNotFound
-from gateway.jsonrpc.registry import Final
+from gateway.jsonrpc.registry import Final, Reasoning
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
 
 __all__ = ["Deliver", "StreamHub"]
@@ -140,8 +140,9 @@ class StreamHub:
                         end = StreamEnd(item.result)
                         break
                     if isinstance(item, str):
-                        # Delivered as yielded: a str subclass (a reasoning piece) keeps its type.
-                        text, pos = item, append(stream_id, item)
+                        # Delivered as yielded: a Reasoning piece keeps its type (and kind).
+                        kind = "reasoning" if isinstance(item, Reasoning) else "text"
+                        text, pos = item, append(stream_id, item, kind)
                     else:
                         text, pos = item.text, append(stream_id, item.text, item.kind)
                     run.head = pos
