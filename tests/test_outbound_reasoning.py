@@ -16,17 +16,18 @@ async def drain(outbound: Outbound, count: int) -> list[dict[str, object]]:
 
 
 async def test_a_lagging_reader_gets_runs_of_one_kind_merged_in_order() -> None:
-    """Reasoning merges with reasoning and text with text; a change of kind starts a frame."""
+    """Reasoning merges with reasoning and text with text; a change of kind starts a frame.
+    Each frame's seq is the position of its last piece."""
     outbound = Outbound()
     stream = DeltaStream(b"7")
     pieces = [Reasoning("Let "), Reasoning("me think."), "It ", "is ", Reasoning("hm"), "42."]
     for piece in pieces:
         await outbound.put_delta(stream, piece)
     assert await drain(outbound, 4) == [
-        {"id": 7, "seq": 0, "reasoning": "Let me think."},
-        {"id": 7, "seq": 1, "text": "It is "},
-        {"id": 7, "seq": 2, "reasoning": "hm"},
-        {"id": 7, "seq": 3, "text": "42."},
+        {"id": 7, "seq": 1, "reasoning": "Let me think."},
+        {"id": 7, "seq": 3, "text": "It is "},
+        {"id": 7, "seq": 4, "reasoning": "hm"},
+        {"id": 7, "seq": 5, "text": "42."},
     ]
     assert outbound.merged == 2
     assert outbound.queued_bytes == 0
@@ -39,6 +40,6 @@ async def test_reasoning_of_two_streams_merges_separately() -> None:
     for stream, piece in ((a, Reasoning("x")), (b, "p"), (a, Reasoning("y")), (b, "q")):
         await outbound.put_delta(stream, piece)
     assert await drain(outbound, 2) == [
-        {"id": 1, "seq": 0, "reasoning": "xy"},
-        {"id": 2, "seq": 0, "text": "pq"},
+        {"id": 1, "seq": 1, "reasoning": "xy"},
+        {"id": 2, "seq": 1, "text": "pq"},
     ]
