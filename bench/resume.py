@@ -33,12 +33,18 @@ import load as loadlib  # noqa: E402
 import run as runlib  # noqa: E402
 
 TARGET = 0.85
+EXTRA_ON = ""
+"""Extra ``[streams]`` settings for the log-on server (``--on-config``)."""
 
 
 async def one_round(
     log_on: bool, conns: int, seconds: float, warmup: float, workdir: Path
 ) -> dict[str, Any]:
     server = runlib.Server("gateway", conns + 1, workdir)
+    if log_on and EXTRA_ON:
+        config = workdir / "gateway-log.toml"
+        config.write_text((HERE / "gateway.toml").read_text() + "\n[streams]\n" + EXTRA_ON)
+        server.config = config
     if not log_on:
         config = workdir / "gateway-nolog.toml"
         base = (HERE / "gateway.toml").read_text()
@@ -128,8 +134,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--conns", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window per server")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--on-config",
+        default="",
+        help='extra [streams] lines for the log-on server ("a = 1; b = 2")',
+    )
+    parser.add_argument("--profile-gateway", metavar="DIR", help="as in bench/run.py")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse_args())))
+    args = parse_args()
+    if args.profile_gateway:
+        runlib.Server.profile_dir = Path(args.profile_gateway).resolve()
+        runlib.Server.profile_dir.mkdir(parents=True, exist_ok=True)
+    EXTRA_ON = args.on_config.replace(";", "\n") + "\n" if args.on_config else ""
+    sys.exit(asyncio.run(main(args)))

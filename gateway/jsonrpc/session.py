@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -55,9 +56,10 @@ class StreamRelay(Protocol):
         self,
         stream_id: str,
         source: AsyncGenerator[Any, None],
-        deliver: Callable[[str, int], Awaitable[bool]],
+        deliver: Callable[[str, int], Awaitable[None]],
     ) -> StreamEnd:
-        """Log and ``deliver`` each piece of ``source`` (on alone once it says False); the end."""
+        """Log and ``deliver`` each piece of ``source`` (on alone once it raises
+        OutboundClosed); how it ended."""
         ...
 
     def follow(self, stream_id: str, after: int) -> AsyncGenerator[Piece | StreamEnd, None]:
@@ -420,15 +422,8 @@ class RpcSession:
         self._producers.add(task)
         task.add_done_callback(self._producers.discard)
         stream = DeltaStream(encode_small(call.id), b',"streamId":' + orjson.dumps(stream_id))
-        put_delta = self.outbound.put_delta
-
-        async def deliver(text: str, pos: int) -> bool:
-            try:
-                await put_delta(stream, text, pos)
-            except OutboundClosed:
-                return False
-            return True
-
+        # A partial, not a wrapper coroutine: one coroutine per piece, as without the log.
+        deliver = functools.partial(self.outbound.put_delta, stream)
         end = await self._streams.produce(stream_id, call.spec.fn(*args, **kwargs), deliver)
         if end.error is not None:
             raise _LoggedError(end.error)

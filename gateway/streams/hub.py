@@ -3,7 +3,8 @@
 The call that starts a stream **produces** it: :meth:`StreamHub.produce`
 logs every piece and hands it to the caller's connection (``deliver``) in the
 same step, so a connected reader costs one log append per piece and no task
-switch. When that connection goes away, ``deliver`` says so and the call's
+switch. When that connection goes away, ``deliver`` raises
+:class:`~gateway.jsonrpc.outbound.OutboundClosed` and the call's
 task goes on producing into the log alone, detached (the session does not
 cancel it). Other connections **follow** the log (:meth:`StreamHub.follow`,
 ``stream.resume``). A stream with neither its connection nor a follower for
@@ -26,6 +27,7 @@ from typing import Any
 
 from gateway.context import current_user
 from gateway.errors import GatewayError, InternalError, StreamNotFound
+from gateway.jsonrpc.outbound import OutboundClosed
 from gateway.jsonrpc.registry import Final, Reasoning
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
 
@@ -33,8 +35,9 @@ __all__ = ["Deliver", "StreamHub"]
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[str, int], Awaitable[bool]]
-"""``deliver(text, pos)``: send a piece to the producing connection; False once it is gone."""
+Deliver = Callable[[str, int], Awaitable[None]]
+"""``deliver(text, pos)``: queue a piece for the producing connection (``put_delta`` bound to
+its stream); raises OutboundClosed once the connection is gone."""
 
 TIME_SLICE = 0.005
 """Seconds a producer may run without yielding to the loop."""
@@ -121,7 +124,7 @@ class StreamHub:
     async def produce(
         self, stream_id: str, source: AsyncGenerator[Any, None], deliver: Deliver
     ) -> StreamEnd:
-        """Log ``source``'s pieces and ``deliver`` each; go on alone once ``deliver`` says False.
+        """Log ``source``'s pieces and ``deliver`` each; go on alone once the connection is gone.
 
         ``source`` yields text (``str``, or objects with ``text`` and ``kind``)
         and may end with a :class:`Final`. Returns how the stream ended, as
@@ -139,15 +142,20 @@ class StreamHub:
                     if isinstance(item, Final):
                         end = StreamEnd(item.result)
                         break
-                    if isinstance(item, str):
+                    if type(item) is str:
+                        text, pos = item, append(stream_id, item)
+                    elif isinstance(item, str):
                         # Delivered as yielded: a Reasoning piece keeps its type (and kind).
                         kind = "reasoning" if isinstance(item, Reasoning) else "text"
                         text, pos = item, append(stream_id, item, kind)
                     else:
                         text, pos = item.text, append(stream_id, item.text, item.kind)
                     run.head = pos
-                    if run.attached and not await deliver(text, pos):
-                        self._detach(run)
+                    if run.attached:
+                        try:
+                            await deliver(text, pos)
+                        except OutboundClosed:
+                            self._detach(run)
                     if run.readers and run.lag() > self.max_lag:
                         await self._wait_for_readers(run)
                     if loop.time() - slice_start > TIME_SLICE:

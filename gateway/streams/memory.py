@@ -113,13 +113,15 @@ class MemoryStreamLog:
             log.kinds = ["text"] * (len(log.texts) - 1)
         if log.kinds is not None:
             log.kinds.append(kind)
-        log.chars += len(text)
-        self._chars += len(text)
-        if len(log.texts) > self.max_pieces or log.chars > self.max_chars:
+        size = len(text)
+        log.chars += size
+        self._chars += size
+        if log.chars > self.max_chars or len(log.texts) > self.max_pieces:
             self._chars -= log.chars
             self._trim(log)
             self._chars += log.chars
-        log.wake()
+        if log.waiters:
+            log.wake()
         return pos
 
     def _trim(self, log: _Log) -> None:
