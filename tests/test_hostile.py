@@ -103,11 +103,15 @@ async def test_frame_over_max_frame_bytes_closes_with_1009() -> None:
         + "]" * 5000
         + "}",
         '{"jsonrpc": "2.0", "method": "chat.setModel", "id": 1.5, "params": [['
-        + "[" * 1000
-        + "]" * 1000
+        + "[" * 1030
+        + "]" * 1030
         + "]]}",
+        '{"jsonrpc": "2.0", "method": "chat.setModel", "id": 18446744073709551616, "params": '
+        + "[" * 1024
+        + "]" * 1024
+        + "}",
     ],
-    ids=["brackets", "objects", "nested-params", "nested-with-float-id"],
+    ids=["brackets", "objects", "nested-params", "nested-with-float-id", "nested-with-big-id"],
 )
 async def test_deeply_nested_json_is_a_parse_error_and_the_connection_survives(text: str) -> None:
     """JSON nested beyond the parser's depth is -32700; the same socket keeps working."""
@@ -117,6 +121,34 @@ async def test_deeply_nested_json_is_a_parse_error_and_the_connection_survives(t
         assert response["error"]["code"] == -32700
         assert response["id"] is None
         assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
+def nested_request(id_: Any, depth: int) -> str:
+    """chat.setModel with an id and params making the frame ``depth`` levels deep."""
+    inner = depth - 1  # the request object is the first level
+    return (
+        f'{{"jsonrpc":"2.0","method":"chat.setModel","id":{json.dumps(id_)},"params":'
+        + "[" * inner
+        + "]" * inner
+        + "}"
+    )
+
+
+@pytest.mark.parametrize("id_", [1, "s", 1.5, 18446744073709551616, -(2**70)])
+async def test_the_nesting_limit_is_1024_levels_whatever_the_id(id_: Any) -> None:
+    """Frames 990 and 1024 levels deep are parsed (their params are -32602) and 1025 is -32700,
+    for every kind of id; the id comes back exactly."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        for depth in (990, 1024):
+            await attacker.send(nested_request(id_, depth))
+            response = await attacker.recv()
+            assert response["error"]["code"] == -32602, depth
+            assert response["id"] == id_
+            assert type(response["id"]) is type(id_)
+        await attacker.send(nested_request(id_, 1025))
+        response = await attacker.recv()
+        assert response["error"]["code"] == -32700
+        assert response["id"] is None
 
 
 # Floods and abuse
@@ -151,6 +183,37 @@ async def test_sustained_flood_closes_with_4001() -> None:
         assert len(refused) >= FLOOD["flood_close_after"]
 
 
+async def test_a_flood_that_a_refilled_token_interrupts_still_closes_with_4001() -> None:
+    """Rounds of 29 calls, each round after a token has refilled: no 30 refusals ever come in a
+    row, but the client keeps flooding (97 % refused) and is closed with 4001."""
+    limits = {"requests_per_second": 20, "request_burst": 1, "flood_close_after": 30}
+    async with hostile_setting(**limits) as gw, raw_client(gw) as attacker:
+        refused = 0
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(40):
+                await attacker.ws.send(json.dumps(calls(1)[0]))
+                await send_all(attacker, calls(28))
+                for _ in range(29):
+                    response = await attacker.recv()
+                    refused += response.get("error", {}).get("code") == -32004
+                await asyncio.sleep(1.5 / limits["requests_per_second"])
+        assert attacker.ws.close_code == 4001
+        assert refused >= limits["flood_close_after"]
+
+
+async def test_a_client_that_waits_out_retry_after_is_never_closed() -> None:
+    """Refused calls drain away at the sustained rate: a client that backs off stays connected."""
+    limits = {"requests_per_second": 20, "request_burst": 5, "flood_close_after": 10}
+    async with hostile_setting(**limits) as gw, raw_client(gw) as attacker:
+        for _ in range(6):
+            await send_all(attacker, calls(12))
+            responses = [await attacker.recv() for _ in range(12)]
+            waits = [r["error"]["data"]["retryAfter"] for r in responses if "error" in r]
+            assert waits
+            await asyncio.sleep(limits["request_burst"] / limits["requests_per_second"] + 0.1)
+        assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
 async def test_garbage_frames_in_a_row_close_with_4504() -> None:
     """A client sending frames that are not JSON-RPC over and over is closed with 4504."""
     async with hostile_setting() as gw, raw_client(gw) as attacker:
@@ -160,6 +223,29 @@ async def test_garbage_frames_in_a_row_close_with_4504() -> None:
         assert frames
         errors = [f for f in frames if isinstance(f, dict)]
         assert {e["error"]["code"] for e in errors} <= {-32700, -32600}
+
+
+@pytest.mark.parametrize(
+    ("message", "answered"),
+    [
+        ({"jsonrpc": "2.0", "method": "chat.nope", "id": "ok"}, True),
+        ({"jsonrpc": "2.0", "method": "chat.setModel", "params": [[1]], "id": "ok"}, True),
+        ({"jsonrpc": "2.0", "method": "chat.nope"}, False),
+        ([{"jsonrpc": "2.0", "method": "chat.nope", "id": "ok"}], True),
+    ],
+    ids=["unknown-method", "bad-params", "notification", "batch"],
+)
+async def test_any_well_formed_message_resets_the_garbage_count(
+    message: Any, answered: bool
+) -> None:
+    """49 invalid frames, one well-formed JSON-RPC message refused for any reason, 49 more
+    invalid frames: the socket stays open (4504 needs 50 invalid frames in a row)."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await send_all(attacker, ["garbage"] * 49 + [message] + ["garbage"] * 49)
+        responses = [await attacker.recv() for _ in range(98 + answered)]
+        parse_errors = [r for r in responses if isinstance(r, dict) and r["id"] is None]
+        assert len(parse_errors) == 98
+        assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
 
 
 async def test_occasional_garbage_between_valid_calls_is_tolerated() -> None:
@@ -190,6 +276,36 @@ async def test_too_many_calls_in_flight_get_32004() -> None:
                 if frame.get("id") in pending and "result" in frame:
                     pending.discard(frame["id"])
         assert (await attacker.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+
+
+async def test_a_batch_in_flight_counts_as_one_call() -> None:
+    """With a batch of 40 streams running, single calls are served until the singles and the
+    batch together reach ``inflight_per_connection``; then they are -32004."""
+    limits = {"inflight_per_connection": 3, "streams_per_user": 100}
+    async with hostile_setting(**limits) as gw, raw_client(gw) as attacker:
+        batch = [
+            {"jsonrpc": "2.0", "method": "chat.postChat", "params": ["long"], "id": f"b{i}"}
+            for i in range(40)
+        ]
+        await attacker.send(batch)
+        assert (await attacker.recv())["method"] == "stream.delta"  # the batch is running
+        assert (await attacker.call("auth.whoami", id="w1"))["result"]["user"]["id"] == "alice"
+        for id_ in ("s1", "s2"):
+            await attacker.request("chat.postChat", ["long"], id=id_)
+        response = await attacker.call("auth.whoami", id="over")
+        assert response["error"]["code"] == -32004
+        assert response["error"]["data"]["limit"] == "inflightPerConnection"
+
+
+async def test_a_streaming_method_called_as_a_notification_is_not_run() -> None:
+    """chat.postChat without an id streams nothing (no deltas with id null) and answers nothing."""
+    async with hostile_setting() as gw, raw_client(gw) as attacker:
+        await attacker.send({"jsonrpc": "2.0", "method": "chat.postChat", "params": ["hi"]})
+        await attacker.send({"jsonrpc": "2.0", "method": "auth.whoami", "id": "after"})
+        assert (await attacker.recv())["id"] == "after"
+        await attacker.request("chat.postChat", ["hi"], id=1)
+        first = await attacker.recv()
+        assert first["method"] == "stream.delta" and first["params"]["id"] == 1
 
 
 async def test_batch_over_max_batch_is_invalid_request() -> None:
