@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -335,6 +339,84 @@ async def test_connections_beyond_max_connections_close_with_1013() -> None:
         async with raw_client(gw, "tok-alice") as extra:
             _, code = await until_closed(extra)
             assert code == 1013
+
+
+# Memory a client makes the server hold
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(api_keys: str) -> AsyncIterator[tuple[int, int]]:
+    """``gateway serve`` as its own process (so its RSS is its own): (pid, port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        env={**os.environ, "GATEWAY_API_KEYS": api_keys},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            while "listening" not in (line := await asyncio.to_thread(proc.stdout.readline)):
+                assert line, "gateway exited before listening"
+        yield proc.pid, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+PING = b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125
+"""A masked ping frame with the largest payload a control frame may carry (125 bytes)."""
+RSS_BOUND = 16 * 1024 * 1024
+FLOOD_BYTES = 64 * 1024 * 1024
+
+
+async def test_a_ping_flood_before_login_does_not_grow_server_memory() -> None:
+    """A client that floods pings and never reads: while it offers 64 MiB of pings, the gateway
+    process's RSS grows by less than 16 MiB (it stops reading once the pongs fill its write
+    buffer), and it keeps serving others."""
+    async with gateway_process("alice:tok-a") as (pid, port):
+        baseline = _rss_bytes(pid)
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        chunk = PING * (1024 * 1024 // len(PING))
+        sent, peak = 0, baseline
+        try:
+            while sent < FLOOD_BYTES:
+                writer.write(chunk)
+                try:
+                    await asyncio.wait_for(writer.drain(), 2.0)
+                except TimeoutError:
+                    break  # the server stopped reading: the flood is held in kernel buffers
+                sent += len(chunk)
+                peak = max(peak, _rss_bytes(pid))
+            await asyncio.sleep(0.5)
+            peak = max(peak, _rss_bytes(pid))
+            assert peak - baseline < RSS_BOUND, (sent, peak - baseline)
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with asyncio.timeout(TIMEOUT):
+                async with connect(url, additional_headers={"Authorization": "Bearer tok-a"}) as ws:
+                    await ws.send('{"jsonrpc":"2.0","method":"auth.whoami","id":1}')
+                    assert json.loads(await ws.recv())["result"]["user"]["id"] == "alice"
+        finally:
+            writer.transport.abort()
 
 
 # Handshakes

@@ -29,6 +29,7 @@ from gateway.server.closecodes import CloseCode
 from gateway.server.connection import Connection
 from gateway.server.http import WS_PATH, HttpRoutes
 from gateway.server.redact import RedactingLogger
+from gateway.server.transport import GatewaySocket
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.store import SessionStore
 
@@ -139,6 +140,7 @@ class Gateway:
             cfg.host,
             cfg.port,
             process_request=self._routes,
+            create_connection=GatewaySocket,
             max_size=cfg.max_frame_bytes,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,

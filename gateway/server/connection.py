@@ -151,8 +151,12 @@ class Connection:
         return True
 
     def check_send_deadline(self, now: float, send_timeout: float) -> None:
-        """Close with 4000 if the frame being written has been stuck past ``send_timeout``."""
+        """Close with 4000 if the frame being written, or the transport's write buffer (pongs
+        included), has been stuck past ``send_timeout``."""
         started = self.send_started
+        blocked = getattr(self.ws, "write_blocked_since", None)
+        if blocked is not None and (started is None or blocked < started):
+            started = blocked
         if started is None or now - started <= send_timeout or self._close_request is not None:
             return
         log.info("closing slow consumer %s", self.ws.id)
