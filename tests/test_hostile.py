@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -63,6 +64,35 @@ async def http_get(gw: Gateway, target: str, headers: str = "") -> tuple[int, by
     return status, body
 
 
+async def http_raw(gw: Gateway, request: bytes) -> tuple[int, bytes, bytes]:
+    """Send ``request`` exactly as given: status code (0 if none), head and body of the answer."""
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, head, body
+
+
+def handshake_request(gw: Gateway, *extra: str, host: str | None = None) -> bytes:
+    """A WebSocket upgrade request for /ws with ``extra`` header lines (``"Name: value"``)."""
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {host or f'127.0.0.1:{gw.port}'}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def calls(count: int, method: str = "chat.getCurrentModel") -> list[dict[str, Any]]:
     return [{"jsonrpc": "2.0", "method": method, "id": i} for i in range(count)]
 
@@ -84,6 +114,20 @@ async def test_invalid_utf8_text_frame_closes_with_1007() -> None:
         await attacker.ws.send(b'{"jsonrpc": "2.0", "method": "\xff\xfe", "id": 1}', text=True)
         _, code = await until_closed(attacker)
         assert code == 1007
+
+
+async def test_an_unmasked_client_frame_closes_with_1002() -> None:
+    """A client frame without a mask breaks RFC 6455: the server closes with 1002."""
+    async with hostile_setting() as gw:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(handshake_request(gw, "Authorization: Bearer tok-alice"))
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"\x81\x05hello")
+            data = await reader.read()
+            writer.close()
+        assert data[:1] == b"\x88"  # a close frame
+        assert int.from_bytes(data[2:4], "big") == 1002
 
 
 async def test_frame_over_max_frame_bytes_closes_with_1009() -> None:
@@ -445,6 +489,61 @@ async def test_configured_origins_are_allowed() -> None:
         assert info.value.response.status_code == 403
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        (["Origin: http://127.0.0.1:{port}", "Origin: http://evil.example"], 403),
+        (["Origin: http://evil.example", "Origin: http://127.0.0.1:{port}"], 403),
+        (["Authorization: Bearer tok-alice", "Authorization: Bearer tok-bob"], 401),
+        (["Host: 127.0.0.1:{port}"], 400),
+        (["Upgrade: websocket"], 400),
+    ],
+    ids=["origin-own-first", "origin-foreign-first", "authorization", "host", "upgrade"],
+)
+async def test_duplicate_handshake_headers_get_a_4xx_and_at_most_one_log_line(
+    headers: list[str], status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header that may appear once, sent twice: the documented 4xx, no 500, no traceback,
+    at most one log line per attempt."""
+    caplog.set_level(logging.DEBUG)
+    async with hostile_setting() as gw:
+        extra = [h.format(port=gw.port) for h in headers]
+        for _ in range(3):
+            caplog.clear()
+            code, _, body = await http_raw(gw, handshake_request(gw, *extra))
+            assert code == status
+            if status == 401:
+                assert json.loads(body)["error"]["code"] == -32001
+            records = [r for r in caplog.records if r.levelno >= logging.INFO]
+            assert len(records) <= 1, [r.getMessage() for r in records]
+            assert not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["evil://127.0.0.1:{port}", "file://127.0.0.1:{port}", "ws://127.0.0.1:{port}", "null"],
+)
+async def test_an_origin_with_another_scheme_is_refused(origin: str) -> None:
+    """Only http(s) pages of the gateway's own host and port are its origin: 403 otherwise."""
+    async with hostile_setting() as gw:
+        code, _, _ = await http_raw(
+            gw, handshake_request(gw, f"Origin: {origin}".format(port=gw.port))
+        )
+        assert code == 403
+
+
+async def test_configured_origins_compare_scheme_host_and_port() -> None:
+    """``https://chat.example`` admits the same origin however spelled (case, explicit default
+    port) and refuses the same host over http or on another port."""
+    async with hostile_setting(allowed_origins=("https://chat.example",)) as gw:
+        for origin in ("https://chat.example:443", "HTTPS://Chat.Example"):
+            async with raw_client(gw, origin=origin) as browser:
+                assert "result" in await browser.call("auth.whoami")
+        for origin in ("http://chat.example", "https://chat.example:8443"):
+            code, _, _ = await http_raw(gw, handshake_request(gw, f"Origin: {origin}"))
+            assert code == 403, origin
+
+
 @pytest.mark.parametrize("header", ["Basic YWxpY2U6dG9rLWFsaWNl", "Digest x", "tok-alice"])
 async def test_non_bearer_authorization_is_refused_with_401(header: str) -> None:
     """An Authorization header in any scheme but Bearer fails the handshake with 401."""
@@ -507,6 +606,62 @@ async def test_garbage_http_request_is_dropped_without_harm() -> None:
             data = await reader.read()
             writer.close()
         assert not data or data.startswith(b"HTTP/1.1 4")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+@pytest.mark.parametrize("target", ["/", "/healthz", "/ws"])
+async def test_methods_other_than_get_and_head_are_405(method: str, target: str) -> None:
+    """Anything but GET and HEAD is 405 with an Allow header, never served like GET."""
+    async with hostile_setting() as gw:
+        code, head, body = await http_raw(
+            gw, f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
+        )
+        assert code == 405
+        assert b"\r\nallow: GET, HEAD" in head.lower().replace(b"get, head", b"GET, HEAD")
+        assert b"<!doctype" not in body.lower()
+
+
+@pytest.mark.parametrize("target", ["/healthz", "/", "/app.js", "/nope"])
+async def test_head_answers_like_get_without_a_body(target: str) -> None:
+    """HEAD has the status and Content-Length of GET and no body."""
+    async with hostile_setting() as gw:
+        get_status, _, get_body = await http_raw(
+            gw, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
+        )
+        status, head, body = await http_raw(
+            gw, f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
+        )
+        assert status == get_status
+        assert body == b""
+        assert f"content-length: {len(get_body)}".encode() in head.lower()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /ws HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET /caf\u00e9 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(),
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n\r\n",
+        b"GET /healthz HTTP/2.0\r\nHost: {host}\r\n\r\n",
+    ],
+    ids=["body", "chunked", "non-ascii-target", "no-host", "two-hosts", "http2"],
+)
+async def test_malformed_http_requests_get_400(request_bytes: bytes) -> None:
+    """A body, a non-ASCII target, a missing or repeated Host: 400, not silence or 200."""
+    async with hostile_setting() as gw:
+        request = request_bytes.replace(b"{host}", f"127.0.0.1:{gw.port}".encode())
+        code, _, _ = await http_raw(gw, request)
+        assert code == 400
+
+
+async def test_http_1_0_may_omit_host() -> None:
+    """HTTP/1.0 has no Host requirement: GET /healthz without it is served."""
+    async with hostile_setting() as gw:
+        code, _, body = await http_raw(gw, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert code == 200
+        assert json.loads(body)["status"] == "ok"
 
 
 @pytest.mark.parametrize("target", ["/", "/app.js", "/index.html"])

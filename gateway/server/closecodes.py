@@ -16,6 +16,8 @@ class CloseCode(IntEnum):
     """The client or server ended the connection normally."""
     GOING_AWAY = 1001
     """The server is shutting down; reconnect to another instance or later."""
+    PROTOCOL_ERROR = 1002
+    """The client broke RFC 6455 (e.g. an unmasked frame); sent by websockets itself."""
     UNSUPPORTED_DATA = 1003
     """A binary frame arrived; the gateway speaks JSON-RPC in text frames only."""
     INVALID_PAYLOAD = 1007

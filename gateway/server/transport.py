@@ -10,13 +10,17 @@ websockets' own pause for a full message queue is over). How long the buffer
 has stayed full is exposed for the send watchdog, which closes with 4000.
 
 Its protocol answers an HTTP request it cannot parse (a body, a non-ASCII
-target, a malformed request line) with ``400`` instead of dropping it.
+target, a malformed request line) with ``400`` instead of dropping it, and
+logs one line per plain HTTP answer or refused handshake (websockets' own
+"HTTP response sent (403 Forbidden)"; the "connection closed" after it goes
+to DEBUG), so refused requests cannot flood the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import logging
 from collections.abc import Generator
 from typing import Any
 
@@ -27,11 +31,18 @@ from websockets.exceptions import (
     RequestLineTooLong,
     TooManyHeaders,
 )
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, Protocol
 from websockets.server import ServerProtocol
 
 __all__ = ["GatewaySocket"]
+
+
+class _QuietInfo(logging.LoggerAdapter[Any]):
+    """A logger whose INFO lines go out at DEBUG."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)
 
 
 class _StrictHttpProtocol(ServerProtocol):
@@ -62,6 +73,11 @@ class _StrictHttpProtocol(ServerProtocol):
                 yield
             self.events.append(request)
         yield from Protocol.parse(self)
+
+    def send_response(self, response: Response) -> None:
+        super().send_response(response)
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            self.logger = _QuietInfo(self.logger, {})
 
 
 class GatewaySocket(ServerConnection):
