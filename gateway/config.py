@@ -106,10 +106,17 @@ class LimitsConfig:
     """Sustained call rate per connection (a token bucket)."""
     request_burst: int = 100
     flood_close_after: int = 200
-    """Calls refused for rate in a row before the connection is closed with 4001."""
+    """Flood score closing the connection with 4001: each call refused for rate adds 1,
+    the score drains by ``requests_per_second`` per second (see SessionLimits.flood_limit)."""
     max_message_chars: int = 32_000
     max_history_messages: int = 200
     max_history_chars: int = 400_000
+    # Failed logins (see gateway/auth/throttle.py); 0 turns a limit off
+    failed_logins_per_address: int = 20
+    """Failed logins from one address within ``failed_login_window`` before it must wait."""
+    failed_logins_per_user: int = 10
+    """Failures of correctly signed tokens of one user within the window."""
+    failed_login_window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,8 +23,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.auth.tokens import mint_token
 from gateway.server.app import Gateway
-from tests.support import RawClient, gateway_server, raw_client, until_closed
+from tests.support import TEST_JWT_SECRET, RawClient, gateway_server, raw_client, until_closed
 
 TIMEOUT = 10.0
 
@@ -64,10 +66,13 @@ async def http_get(gw: Gateway, target: str, headers: str = "") -> tuple[int, by
     return status, body
 
 
-async def http_raw(gw: Gateway, request: bytes) -> tuple[int, bytes, bytes]:
-    """Send ``request`` exactly as given: status code (0 if none), head and body of the answer."""
+async def http_raw(
+    gw: Gateway, request: bytes, source: str = "127.0.0.1"
+) -> tuple[int, bytes, bytes]:
+    """Send ``request`` exactly as given (from address ``source``): status code (0 if none),
+    head and body of the answer."""
     async with asyncio.timeout(TIMEOUT):
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, local_addr=(source, 0))
         try:
             writer.write(request)
             await writer.drain()
@@ -461,6 +466,80 @@ async def test_a_ping_flood_before_login_does_not_grow_server_memory() -> None:
                     assert json.loads(await ws.recv())["result"]["user"]["id"] == "alice"
         finally:
             writer.transport.abort()
+
+
+# Failed logins
+
+
+LOGIN_LIMITS = {"failed_logins_per_address": 5, "failed_logins_per_user": 3}
+
+
+async def login_from(gw: Gateway, source: str, token: str) -> tuple[dict[str, Any], int | None]:
+    """auth.login on a new socket from address ``source``: the answer, and the close code
+    that follows a refusal (None after a success)."""
+    async with asyncio.timeout(TIMEOUT):
+        ws = await connect(gw.ws_url, local_addr=(source, 0))
+    client = RawClient(ws)
+    try:
+        response = await client.call("auth.login", {"token": token})
+        code = (await until_closed(client))[1] if "error" in response else None
+    finally:
+        await ws.close()
+    return response, code
+
+
+def assert_throttled(response: dict[str, Any], window: float = 60.0) -> None:
+    error = response["error"]
+    assert error["code"] == -32004
+    assert error["data"]["limit"] == "failedLogins"
+    assert 0 < error["data"]["retryAfter"] <= window
+
+
+async def test_failed_logins_from_one_address_are_limited_but_not_elsewhere() -> None:
+    """After 5 wrong tokens from one address, logins from it are -32004 failedLogins with
+    retryAfter (then close 4002; 429 in the handshake), even with a valid token; the same user
+    logging in from another address is not affected."""
+    async with hostile_setting(**LOGIN_LIMITS) as gw:
+        for _ in range(LOGIN_LIMITS["failed_logins_per_address"]):
+            response, code = await login_from(gw, "127.0.0.2", "wrong-token")
+            assert response["error"]["code"] == -32001
+            assert code == 4500
+        response, code = await login_from(gw, "127.0.0.2", "tok-alice")
+        assert_throttled(response)
+        assert code == 4002
+        status, head, body = await http_raw(
+            gw, handshake_request(gw, "Authorization: Bearer tok-alice"), source="127.0.0.2"
+        )
+        assert status == 429
+        assert_throttled(json.loads(body))
+        assert b"\r\nretry-after: " in head.lower()
+        response, code = await login_from(gw, "127.0.0.1", "tok-alice")
+        assert response["result"]["user"]["id"] == "alice"
+        async with raw_client(gw, "tok-alice") as elsewhere:
+            assert "result" in await elsewhere.call("auth.whoami")
+
+
+async def test_the_per_user_limit_counts_only_correctly_signed_tokens() -> None:
+    """Forged tokens naming carol never count against carol; expired (correctly signed) tokens
+    of dave do, up to 3, then -32004; a valid token of either always logs in."""
+    limits = {**LOGIN_LIMITS, "failed_logins_per_address": 100}
+    forged = mint_token("not-the-gateway-secret-0123456789abcdef", "carol")
+    expired = mint_token(TEST_JWT_SECRET, "dave", ttl=60, now=time.time() - 3600)
+    async with hostile_setting(**limits) as gw:
+        for _ in range(6):
+            response, _ = await login_from(gw, "127.0.0.2", forged)
+            assert response["error"]["code"] == -32001
+        response, _ = await login_from(gw, "127.0.0.2", mint_token(TEST_JWT_SECRET, "carol"))
+        assert response["result"]["user"]["id"] == "carol"
+        for _ in range(LOGIN_LIMITS["failed_logins_per_user"]):
+            response, code = await login_from(gw, "127.0.0.2", expired)
+            assert response["error"]["code"] == -32002
+            assert code == 4501
+        response, code = await login_from(gw, "127.0.0.3", expired)
+        assert_throttled(response)
+        assert code == 4002
+        response, _ = await login_from(gw, "127.0.0.3", mint_token(TEST_JWT_SECRET, "dave"))
+        assert response["result"]["user"]["id"] == "dave"
 
 
 # Handshakes

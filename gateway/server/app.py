@@ -16,6 +16,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 import gateway
+from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import Authenticator, Identity, mint_token
 from gateway.config import Config
 from gateway.errors import LimitExceeded
@@ -60,7 +61,15 @@ class Gateway:
                 secret, "local", ttl=30 * 86400, roles=("admin",), name="Local user"
             )
         self.config = config
-        self.authenticator = Authenticator(config.auth)
+        limits = config.limits
+        self.authenticator = Authenticator(
+            config.auth,
+            throttle=LoginThrottle(
+                per_address=limits.failed_logins_per_address,
+                per_user=limits.failed_logins_per_user,
+                window=limits.failed_login_window,
+            ),
+        )
         self.router = router or ModelRouter(config.models)
         self.store = store or MemorySessionStore(max_sessions=config.sessions.max_sessions)
         if budget is None and config.budgets:

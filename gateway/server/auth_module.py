@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.auth.throttle import LoginThrottled
 from gateway.auth.tokens import Authenticator, Identity
 from gateway.errors import LimitExceeded, TokenExpired, Unauthenticated
 from gateway.modules.base import Module, exposed
@@ -25,7 +26,10 @@ class AuthModule(Module):
 
     def _check(self, conn: Connection, token: str) -> Identity:
         try:
-            return self._authenticator.authenticate(token)
+            return self._authenticator.login(token, conn.remote_host)
+        except LoginThrottled:
+            conn.close_soon(CloseCode.LOGIN_THROTTLED, "too many failed logins")
+            raise
         except TokenExpired:
             conn.close_soon(CloseCode.TOKEN_EXPIRED, "token expired")
             raise

@@ -33,6 +33,8 @@ class CloseCode(IntEnum):
     """The client read too slowly: a frame could not be written within ``send_timeout``."""
     TOO_MANY_REQUESTS = 4001
     """The client kept calling after being told to slow down (-32004 requestsPerSecond)."""
+    LOGIN_THROTTLED = 4002
+    """Too many failed logins (-32004 failedLogins); reconnect after ``retryAfter`` seconds."""
     # 4500-4999: do not reconnect without a change
     INVALID_TOKEN = 4500
     """The token is unknown, forged or malformed."""

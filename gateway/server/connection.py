@@ -75,6 +75,12 @@ class Connection:
     # Authentication
 
     @property
+    def remote_host(self) -> str | None:
+        """The client's IP address (for the failed-login limit)."""
+        address = self.ws.remote_address
+        return str(address[0]) if address else None
+
+    @property
     def user(self) -> User | None:
         return self.identity.user if self.identity else None
 

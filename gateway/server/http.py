@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
+from gateway.auth.throttle import LoginThrottled
 from gateway.errors import GatewayError, Unauthenticated
 
 if TYPE_CHECKING:
@@ -141,7 +142,15 @@ class HttpRoutes:
         try:
             if scheme.lower() != "bearer":
                 raise Unauthenticated("Use the Authorization: Bearer <token> scheme")
-            identity = self._gateway.authenticator.authenticate(token.strip())
+            address = connection.remote_address
+            source = str(address[0]) if address else None
+            identity = self._gateway.authenticator.login(token.strip(), source)
+        except LoginThrottled as exc:
+            return _json(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                {"error": exc.to_error()},
+                {"Retry-After": str(exc.retry_after)},
+            )
         except GatewayError as exc:
             return _json(HTTPStatus.UNAUTHORIZED, {"error": exc.to_error()})
         self._gateway.pending_identities[connection] = identity
