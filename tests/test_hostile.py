@@ -468,6 +468,31 @@ async def test_a_ping_flood_before_login_does_not_grow_server_memory() -> None:
             writer.transport.abort()
 
 
+async def test_a_logged_in_client_flooding_pings_without_reading_is_dropped() -> None:
+    """Once its write buffer has stayed full for ``send_timeout``, a client that floods pings
+    and never reads is closed (4000) and its connection is gone, login or not."""
+    async with hostile_setting(send_timeout=1.0, close_timeout=1.0) as gw:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(handshake_request(gw, "Authorization: Bearer tok-alice"))
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+            while len(gw.connections) < 2:
+                await asyncio.sleep(0.01)
+        try:
+            chunk = PING * (256 * 1024 // len(PING))
+            for _ in range(64):
+                writer.write(chunk)
+                try:
+                    await asyncio.wait_for(writer.drain(), 0.5)
+                except TimeoutError:
+                    break
+            async with asyncio.timeout(TIMEOUT):
+                while len(gw.connections) > 1:
+                    await asyncio.sleep(0.05)
+        finally:
+            writer.transport.abort()
+
+
 # Failed logins
 
 

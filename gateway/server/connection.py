@@ -135,7 +135,7 @@ class Connection:
             while True:
                 frame = await self.outbound.get()
                 if not frame and self._close_request is not None:
-                    await self.ws.close(*self._close_request)
+                    await self._close(*self._close_request)
                     return
                 # The deadline is checked by the gateway's watchdog, not a timer per frame.
                 self.send_started = loop.time()
@@ -169,8 +169,21 @@ class Connection:
         self._close_request = (CloseCode.SLOW_CONSUMER, "slow consumer")
         self.outbound.close()
         self._closing = asyncio.get_running_loop().create_task(
-            self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            self._close(CloseCode.SLOW_CONSUMER, "slow consumer")
         )
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``; drop the TCP connection if that takes ``close_timeout``.
+
+        websockets' close waits for the close frame to be written: a client that
+        stopped reading would hold the connection (and its buffers) forever.
+        """
+        try:
+            async with asyncio.timeout(self.gateway.config.server.close_timeout):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            log.info("dropping %s: close %d not written in time", self.ws.id, code)
+            self.ws.transport.abort()
 
     async def serve(self) -> None:
         """Run the connection until it closes; cancels everything it started."""
