@@ -468,13 +468,21 @@ async def test_a_ping_flood_before_login_does_not_grow_server_memory() -> None:
             writer.transport.abort()
 
 
-async def test_a_logged_in_client_flooding_pings_without_reading_is_dropped() -> None:
-    """Once its write buffer has stayed full for ``send_timeout``, a client that floods pings
-    and never reads is closed (4000) and its connection is gone, login or not."""
-    async with hostile_setting(send_timeout=1.0, close_timeout=1.0) as gw:
+@pytest.mark.parametrize("login", [True, False], ids=["logged-in", "before-login"])
+async def test_a_client_flooding_pings_without_reading_is_dropped(login: bool) -> None:
+    """A client that floods pings and never reads is closed once its write buffer has stayed
+    full for ``send_timeout`` (4000), or at ``auth_timeout`` (4502) before login; a close it
+    cannot read is dropped after ``close_timeout``: its connection is gone either way."""
+    settings = {"send_timeout": 1.0, "close_timeout": 1.0, "auth_timeout": 1.0}
+    if login:
+        settings["auth_timeout"] = 60.0
+    else:
+        settings["send_timeout"] = 60.0
+    headers = ["Authorization: Bearer tok-alice"] if login else []
+    async with hostile_setting(**settings) as gw:
         async with asyncio.timeout(TIMEOUT):
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(handshake_request(gw, "Authorization: Bearer tok-alice"))
+            writer.write(handshake_request(gw, *headers))
             assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
             while len(gw.connections) < 2:
                 await asyncio.sleep(0.01)
