@@ -454,6 +454,8 @@ async def test_a_ping_flood_before_login_does_not_grow_server_memory() -> None:
                     await asyncio.wait_for(writer.drain(), 2.0)
                 except TimeoutError:
                     break  # the server stopped reading: the flood is held in kernel buffers
+                except ConnectionError:
+                    break  # closed at auth_timeout (10 s) on a very slow machine
                 sent += len(chunk)
                 peak = max(peak, _rss_bytes(pid))
             await asyncio.sleep(0.5)
@@ -493,7 +495,9 @@ async def test_a_client_flooding_pings_without_reading_is_dropped(login: bool) -
                 try:
                     await asyncio.wait_for(writer.drain(), 0.5)
                 except TimeoutError:
-                    break
+                    break  # the server stopped reading
+                except ConnectionError:
+                    break  # already dropped (a slow machine reached the deadline first)
             async with asyncio.timeout(TIMEOUT):
                 while len(gw.connections) > 1:
                     await asyncio.sleep(0.05)
