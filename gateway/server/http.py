@@ -1,4 +1,4 @@
-"""Plain HTTP on the WebSocket port: health, the web UI, and handshake checks.
+"""Plain HTTP on the WebSocket port: health, readiness, the web UI, and handshake checks.
 
 ``process_request`` runs before every handshake. It answers ordinary HTTP
 requests itself, refuses browser handshakes from foreign origins (403) and
@@ -67,9 +67,14 @@ class HttpRoutes:
             return self._handshake(connection, request)
         if path == "/healthz":
             return _json(HTTPStatus.OK, self._gateway.health())
+        if path == "/readyz":
+            ready, body = self._gateway.readiness()
+            return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
         return self._static(path)
 
     def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self._gateway.draining:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "server draining; reconnect"})
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin, request.headers.get("Host")):
             return _json(HTTPStatus.FORBIDDEN, {"error": "origin not allowed"})

@@ -1,0 +1,195 @@
+"""One Redis client for a process's shared state, and how a Redis outage looks to callers.
+
+Every Redis call of the stores goes through :meth:`RedisLink.run`. While
+Redis answers, that is the call. When it stops answering (refused, reset, or
+silent past ``timeout``), the call raises :class:`StoreUnavailable` (-32020,
+``data.retryAfter``), one ERROR line is logged at the transition, a WARNING
+reminder at most every ``REMINDER_EVERY`` seconds while it lasts, and later
+calls fail at once instead of each waiting out a timeout, while a probe pings
+Redis every ``PROBE_EVERY`` seconds. The first answered ping ends the outage
+(one WARNING line) and runs the ``on_recover`` callbacks: leases re-assert
+their counts, so nothing needs a restart.
+
+Lua scripts are loaded once (``SCRIPT LOAD``) and called by SHA; after a Redis
+restart emptied its script cache they are loaded again on the first
+``NOSCRIPT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import StoreUnavailable
+
+__all__ = ["RedisLink", "Script", "redacted_url"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REMINDER_EVERY = 30.0
+"""Seconds between the log reminders while Redis stays unreachable."""
+PROBE_EVERY = 0.5
+"""Seconds between pings while Redis is unreachable."""
+RETRY_AFTER = 1
+"""``data.retryAfter`` (seconds) of -32020."""
+
+_FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for log lines and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+class Script:
+    """A Lua script called by SHA (see :meth:`RedisLink.script`)."""
+
+    def __init__(self, link: RedisLink, source: str) -> None:
+        self.link = link
+        self.source = source
+        self.sha = ""
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Add a call of this script to ``pipe`` (a redis-py pipeline)."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self.link.client
+        return await self.link.run(lambda: client.evalsha(self.sha, len(keys), *keys, *args))
+
+
+class RedisLink:
+    """The client, the key prefix, the scripts and the health state of one Redis."""
+
+    def __init__(self, url: str, *, prefix: str = "gw:", timeout: float = 1.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One retry on a fresh connection (a pooled one may have died with a Redis
+            # restart); a timeout is not retried, so a call fails within ~timeout.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            max_connections=64,
+        )
+        self.healthy = True
+        self.on_recover: list[Callable[[], Awaitable[None]]] = []
+        self._scripts: list[Script] = []
+        self._down_since = 0.0
+        self._reminded = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    def key(self, tag: str, name: str) -> str:
+        """``<prefix>{<tag>}:<name>``: every key of one tag lands in one Cluster slot."""
+        return f"{self.prefix}{{{tag}}}:{name}"
+
+    def user_key(self, user_id: str, name: str) -> str:
+        return self.key(f"u:{user_id}", name)
+
+    def script(self, source: str) -> Script:
+        """Register a Lua script; it is loaded by :meth:`connect`."""
+        script = Script(self, source)
+        self._scripts.append(script)
+        return script
+
+    async def connect(self) -> None:
+        """Ping Redis and load the scripts; raise ``StoreUnavailable`` with a one-line reason."""
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                await self.client.ping()
+                await self._load_scripts()
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis at {redacted_url(self.url)}: {_reason(exc)}"
+            ) from None
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+        await self.client.aclose()
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis command (or pipeline); an outage becomes :class:`StoreUnavailable`."""
+        if not self.healthy:
+            self._remind()
+            raise StoreUnavailable(data={"retryAfter": RETRY_AFTER})
+        try:
+            async with asyncio.timeout(self.timeout * 2 + 0.5):
+                try:
+                    return await call()
+                except NoScriptError:
+                    await self._load_scripts()
+                    return await call()
+        except _FAULTS as exc:
+            self._lost(exc)
+            raise StoreUnavailable(data={"retryAfter": RETRY_AFTER}) from None
+
+    async def _load_scripts(self) -> None:
+        for script in self._scripts:
+            script.sha = await self.client.script_load(script.source)
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self.healthy:
+            return
+        self.healthy = False
+        self._down_since = self._reminded = time.monotonic()
+        log.error(
+            "Redis at %s unreachable (%s); calls needing shared state get -32020 until it returns",
+            redacted_url(self.url),
+            _reason(exc),
+        )
+        self._probe = asyncio.get_running_loop().create_task(self._wait_for_redis())
+
+    def _remind(self) -> None:
+        now = time.monotonic()
+        if now - self._reminded >= REMINDER_EVERY:
+            self._reminded = now
+            log.warning("Redis still unreachable after %.0f s", now - self._down_since)
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_EVERY)
+            try:
+                async with asyncio.timeout(self.timeout * 2 + 0.5):
+                    await self.client.ping()
+                    await self._load_scripts()
+            except _FAULTS:
+                self._remind()
+                continue
+            break
+        self.healthy = True
+        log.warning("Redis reachable again after %.1f s", time.monotonic() - self._down_since)
+        for callback in self.on_recover:
+            try:
+                await callback()
+            except Exception:
+                log.exception("recovery callback failed")
+        self._probe = None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,171 @@
+"""A private ``redis-server`` for tests: a free port, a temporary directory, no persistence.
+
+Never the shared Redis on 6379. :class:`RedisServer` can be stopped and
+started again on the same port (fault tests); the ``redis_server`` fixture in
+this module (import it into a test module) starts one per test module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import SessionsConfig
+from gateway.sessions.redislink import RedisLink
+
+__all__ = [
+    "STORES",
+    "RedisServer",
+    "connected_link",
+    "free_port",
+    "redis_available",
+    "redis_server",
+    "redis_url",
+    "running_redis",
+    "sessions_config",
+    "store_kind",
+    "store_url",
+]
+
+SHARED_PORT = 6379
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        assert self.port != SHARED_PORT
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        # fmt: off
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+        ]
+        # fmt: on
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start: {self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server (its data goes with it: nothing is saved)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def flush(self) -> None:
+        """Empty every database (between tests sharing one server)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            assert sock.recv(16).startswith(b"+OK")
+
+    def log_tail(self) -> str:
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started :class:`RedisServer` in a temporary directory, stopped and removed after."""
+    with tempfile.TemporaryDirectory(prefix="gateway-redis-") as directory:
+        server = RedisServer(Path(directory))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+# Fixtures (import them into a test module to use them)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the module, emptied before each test that uses ``redis_url``."""
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of a private, empty Redis."""
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+@contextlib.asynccontextmanager
+async def connected_link(url: str, **kwargs: Any) -> AsyncIterator[RedisLink]:
+    """A connected :class:`RedisLink`; its scripts must be registered before entering."""
+    link = RedisLink(url, **kwargs)
+    try:
+        yield link
+    finally:
+        await link.aclose()
+
+
+STORES = ["memory", "redis"]
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each store-parametrised test runs once per store."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """None for the memory store; a private, empty Redis's URL for the Redis store."""
+    if store_kind == "memory":
+        return None
+    return str(request.getfixturevalue("redis_url"))
+
+
+def sessions_config(url: str | None, **overrides: Any) -> SessionsConfig:
+    """``[sessions]`` for ``url`` (None: memory) with ``overrides``."""
+    if url is None:
+        return SessionsConfig(store="memory", **overrides)
+    return SessionsConfig(store="redis", url=url, **overrides)
