@@ -7,10 +7,15 @@ this module (import it into a test module) starts one per test module.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,9 +29,11 @@ from gateway.sessions.redislink import RedisLink
 
 __all__ = [
     "STORES",
+    "GatewayProcess",
     "RedisServer",
     "connected_link",
     "free_port",
+    "gateway_processes",
     "redis_available",
     "redis_server",
     "redis_url",
@@ -75,9 +82,10 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+            ):
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
                     return
@@ -169,3 +177,107 @@ def sessions_config(url: str | None, **overrides: Any) -> SessionsConfig:
     if url is None:
         return SessionsConfig(store="memory", **overrides)
     return SessionsConfig(store="redis", url=url, **overrides)
+
+
+# Real gateway processes
+
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_KEYS = (
+    "alice:tok-alice,bob:tok-bob,carol:tok-carol,dave:tok-dave,erin:tok-erin,frank:tok-frank"
+)
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` (optionally ``--workers N``) as a real process.
+
+    Output (stdout and stderr) goes to ``log``; :meth:`wait_for` reads it.
+    """
+
+    def __init__(
+        self, directory: Path, *, config: str = "", workers: int = 1, env: dict[str, str]
+    ) -> None:
+        self.port = free_port()
+        self.workers = workers
+        self.log = directory / f"gateway-{self.port}.log"
+        config_path = directory / f"gateway-{self.port}.toml"
+        config_path.write_text(config, encoding="utf-8")
+        command = [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)]
+        command += ["--config", str(config_path), "--workers", str(workers)]
+        full_env = {
+            **os.environ,
+            "GATEWAY_API_KEYS": TEST_KEYS,
+            "GATEWAY_ADMINS": "alice",
+            "GATEWAY_LOG_LEVEL": "INFO",
+            **env,
+        }
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                command, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_for(self, pattern: str, *, count: int = 1, timeout: float = 30.0) -> list[str]:
+        """Wait until ``pattern`` (a regex) matched ``count`` times in the output; the matches."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = re.findall(pattern, self.text())
+                if len(found) >= count:
+                    return found
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.text()}")
+                await asyncio.sleep(0.05)
+
+    async def ready(self) -> None:
+        await self.wait_for(r"Gateway listening", count=self.workers)
+
+    def ready_sync(self, timeout: float = 30.0) -> None:
+        """:meth:`ready` for synchronous (module-scoped) fixtures."""
+        deadline = time.monotonic() + timeout
+        while self.text().count("Gateway listening") < self.workers:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway not ready ({self.proc.returncode}):\n{self.text()}")
+            time.sleep(0.05)
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker name (w1, w2, ...) -> pid of its latest start, from the supervisor's log."""
+        return {
+            w: int(p) for w, p in re.findall(r"worker (w\d+) started \(pid (\d+)\)", self.text())
+        }
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+@contextlib.asynccontextmanager
+async def gateway_processes(
+    directory: Path, count: int, *, config: str = "", workers: int = 1, env: dict[str, str]
+) -> AsyncIterator[list[GatewayProcess]]:
+    """``count`` started gateway processes (each maybe with ``workers``), stopped after."""
+    procs = [
+        GatewayProcess(directory, config=config, workers=workers, env=env) for _ in range(count)
+    ]
+    try:
+        for proc in procs:
+            await proc.ready()
+        yield procs
+    finally:
+        for proc in procs:
+            await asyncio.to_thread(proc.stop)

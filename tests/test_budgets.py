@@ -1,4 +1,4 @@
-"""The budget ledgers (memory and Redis, same tests): tokens per minute and per day, injected clock."""
+"""The budget ledgers (memory and Redis, same tests): tokens per minute and per day."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ async def test_without_rules_nobody_is_limited(make_ledger: MakeLedger) -> None:
     assert (await ledger.usage(CAROL))["tokensToday"] == 10**9
 
 
-async def test_the_minute_budget_refuses_then_admits_once_the_window_passes(make_ledger: MakeLedger) -> None:
+async def test_the_minute_budget_refuses_then_admits_once_the_window_passes(
+    make_ledger: MakeLedger,
+) -> None:
     """Spending the per-minute budget refuses the user until those tokens are a minute old."""
     clock = Clock()
     ledger = await make_ledger([BudgetRule(tokens_per_minute=1000)], clock)
@@ -110,7 +112,9 @@ async def test_the_day_budget_refuses_until_utc_midnight(make_ledger: MakeLedger
     assert (await ledger.usage(CAROL))["tokensToday"] == 0
 
 
-async def test_when_both_budgets_are_spent_the_later_refill_is_reported(make_ledger: MakeLedger) -> None:
+async def test_when_both_budgets_are_spent_the_later_refill_is_reported(
+    make_ledger: MakeLedger,
+) -> None:
     """retryAfter is the wait until the user may really go again."""
     clock = Clock()
     ledger = await make_ledger([BudgetRule(tokens_per_minute=100, tokens_per_day=100)], clock)

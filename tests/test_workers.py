@@ -1,0 +1,153 @@
+"""Several real gateway processes on one private Redis behave as one gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.redis_support import GatewayProcess, RedisServer, redis_server
+from tests.support import RawClient
+
+__all__ = ["redis_server"]  # fixtures in use
+
+TIMEOUT = 20.0
+BUDGET = 400
+CONFIG = f"""
+[limits]
+connections_per_user = 3
+streams_per_user = 2
+
+[[budgets]]
+user = "carol"
+tokens_per_day = {BUDGET}
+
+[[budgets]]
+user = "dave"
+tokens_per_day = {BUDGET}
+"""
+
+
+@pytest.fixture(scope="module")
+def three(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[GatewayProcess]]:
+    """Three gateway processes (A, B, C), each on its own port, sharing one Redis.
+
+    Shared by the module's tests; each test uses its own users.
+    """
+    directory = tmp_path_factory.mktemp("three")
+    env = {"GATEWAY_REDIS_URL": redis_server.url}
+    procs = [GatewayProcess(directory, config=CONFIG, env=env) for _ in range(3)]
+    try:
+        for proc in procs:
+            proc.ready_sync()
+        yield procs
+    finally:
+        for proc in procs:
+            assert proc.stop() == 0, proc.text()
+
+
+@contextlib.asynccontextmanager
+async def client(proc: GatewayProcess, user: str) -> AsyncIterator[RawClient]:
+    headers = {"Authorization": f"Bearer tok-{user}"}
+    async with asyncio.timeout(TIMEOUT):
+        ws = await connect(proc.ws_url, additional_headers=headers)
+    try:
+        yield RawClient(ws)
+    finally:
+        await ws.close()
+
+
+async def _refused_close_code(proc: GatewayProcess, user: str) -> int | None:
+    """Open a socket for ``user``; the close code it gets at once (None: it stayed open)."""
+    async with client(proc, user) as c:
+        try:
+            await c.recv(timeout=1.0)
+        except ConnectionClosed:
+            return c.ws.close_code
+        except TimeoutError:
+            return None
+    return None
+
+
+async def test_a_model_set_on_one_process_is_used_by_a_stream_on_another(
+    three: list[GatewayProcess],
+) -> None:
+    """setModel through A; B streams with that model; C lists the session for an admin."""
+    a, b, c = three
+    async with client(a, "bob") as on_a, client(b, "bob") as on_b, client(c, "alice") as admin:
+        assert (await on_a.call("chat.setModel", ["offline-fast"]))["result"] is True
+        text, _, final = await on_b.stream("chat.postChat", ["hello"])
+        assert text and final["result"]["model"] == "offline-fast"
+        stats = (await admin.call("chat.getSessionStats"))["result"]
+        sessions = (await admin.call("chat.getAllSessions"))["result"]
+    bob = next(s for s in sessions if s["userId"] == "bob")
+    assert bob["currentModel"] == "offline-fast"
+    assert bob["usage"]["requests"] == 1
+    assert stats["totalSessions"] >= 2 and stats["models"]["offline-fast"] >= 1
+    assert stats["totalSessions"] == len(sessions)
+
+
+async def test_connections_per_user_is_exact_across_processes(
+    three: list[GatewayProcess],
+) -> None:
+    """Three of alice's sockets on A, B and C are allowed; a fourth anywhere is closed 4503."""
+    a, b, c = three
+    async with client(a, "alice") as one, client(b, "alice"), client(c, "alice"):
+        assert (await one.call("auth.whoami"))["result"]["user"]["id"] == "alice"
+        assert await _refused_close_code(a, "alice") == 4503
+        assert await _refused_close_code(c, "alice") == 4503
+        assert await _refused_close_code(b, "bob") is None  # Other users are not affected.
+    # All three closed: the count is back to zero on every process.
+    async with asyncio.timeout(TIMEOUT):
+        while (code := await _refused_close_code(c, "alice")) is not None:
+            await asyncio.sleep(0.05)
+    assert code is None
+
+
+async def test_streams_per_user_is_exact_across_processes(three: list[GatewayProcess]) -> None:
+    """Two of erin's streams run on A and B; a third on C is refused with streamsPerUser."""
+    a, b, c = three
+    async with client(a, "erin") as on_a, client(b, "erin") as on_b, client(c, "erin") as on_c:
+        for conn in (on_a, on_b):
+            await conn.request("chat.postChat", ["tell me a story"], id="long")
+            first = await conn.recv()
+            assert first["method"] == "stream.delta"
+        refused = await on_c.call("chat.postChat", ["and one more"])
+        assert refused["error"]["code"] == -32004
+        assert refused["error"]["data"] == {"limit": "streamsPerUser", "max": 2}
+        # Once A's stream ends, C may stream.
+        await on_a.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": ["long"]})
+        while (await on_a.recv()).get("id") != "long":
+            pass
+        await on_c.call("chat.setModel", ["offline-fast"])
+        text, _, final = await on_c.stream("chat.postChat", ["now it fits"])
+        assert text and final["result"]["finishReason"] == "stop"
+
+
+async def test_a_budget_refuses_across_processes_at_the_same_total_as_one(
+    three: list[GatewayProcess],
+) -> None:
+    """carol spends her budget on A alone, dave his over A, B and C: same point, same total."""
+
+    async def spend(procs: list[GatewayProcess], user: str) -> tuple[int, dict]:
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(client(p, user)) for p in procs]
+            await conns[0].call("chat.setModel", ["offline-fast"])
+            for i in range(100):
+                reply = await conns[i % len(conns)].call("chat.chatNonStreaming", ["spend"])
+                if "error" in reply:
+                    return i, reply["error"]
+        raise AssertionError("the budget never refused")
+
+    a, b, c = three
+    alone, refusal_alone = await spend([a], "carol")
+    spread, refusal_spread = await spend([a, b, c], "dave")
+    assert refusal_alone["code"] == refusal_spread["code"] == -32007
+    assert alone == spread > 1
+    assert refusal_alone["data"]["used"] == refusal_spread["data"]["used"] >= BUDGET
