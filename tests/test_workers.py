@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.redis_support import GatewayProcess, RedisServer, redis_server
+from tests.redis_support import (
+    GatewayProcess,
+    RedisServer,
+    gateway_processes,
+    redis_server,
+    redis_url,
+)
 from tests.support import RawClient
 
-__all__ = ["redis_server"]  # fixtures in use
+__all__ = ["redis_server", "redis_url"]  # fixtures in use
 
 TIMEOUT = 20.0
 BUDGET = 400
@@ -63,8 +74,18 @@ async def client(proc: GatewayProcess, user: str) -> AsyncIterator[RawClient]:
         await ws.close()
 
 
-async def _refused_close_code(proc: GatewayProcess, user: str) -> int | None:
-    """Open a socket for ``user``; the close code it gets at once (None: it stayed open)."""
+async def _refused_close_code(
+    proc: GatewayProcess, user: str, *, retry: bool = False
+) -> int | None:
+    """Open a socket for ``user``; the close code it gets at once (None: it stayed open).
+
+    With ``retry``, a handshake that fails (a worker dying or starting) is tried again.
+    """
+    while retry:
+        try:
+            return await _refused_close_code(proc, user)
+        except (InvalidHandshake, OSError):
+            await asyncio.sleep(0.05)
     async with client(proc, user) as c:
         try:
             await c.recv(timeout=1.0)
@@ -151,3 +172,68 @@ async def test_a_budget_refuses_across_processes_at_the_same_total_as_one(
     assert refusal_alone["code"] == refusal_spread["code"] == -32007
     assert alone == spread > 1
     assert refusal_alone["data"]["used"] == refusal_spread["data"]["used"] >= BUDGET
+
+
+# gateway serve --workers N
+
+
+LEASE = 3.0
+WORKERS_CONFIG = f"""
+[limits]
+connections_per_user = 1
+
+[sessions]
+lease_seconds = {LEASE}
+"""
+
+
+async def _node_of(ws: Any) -> str:
+    return str(ws.response.headers["X-Gateway-Node"])
+
+
+async def test_workers_above_one_are_refused_with_the_memory_store(tmp_path: Path) -> None:
+    """--workers 2 without Redis exits 2 at once and says why."""
+    proc = GatewayProcess(tmp_path, workers=2, env={"GATEWAY_REDIS_URL": ""})
+    status = await asyncio.to_thread(proc.proc.wait, 30)
+    assert status == 2
+    assert "needs a shared store" in proc.text()
+    assert "its own sessions, limits and budgets" in proc.text()
+
+
+async def test_a_killed_worker_is_restarted_and_its_leases_expire_within_the_window(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL a worker holding erin's only connection: the parent restarts it; the count
+    still refuses a second connection at first and lets one in within lease_seconds."""
+    env = {"GATEWAY_REDIS_URL": redis_url}
+    async with gateway_processes(tmp_path, 1, config=WORKERS_CONFIG, workers=2, env=env) as procs:
+        sup = procs[0]
+        async with asyncio.timeout(TIMEOUT):
+            ws = await connect(sup.ws_url, additional_headers={"Authorization": "Bearer tok-erin"})
+        node = await _node_of(ws)
+        # The header login completes after the handshake: one call makes sure it did.
+        await RawClient(ws).call("auth.whoami")
+        worker = node.rsplit("-", 1)[1]
+        pid = sup.worker_pids()[worker]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        # The dead worker's lease still counts: a new connection is refused ...
+        assert await _refused_close_code(sup, "erin") == 4503
+        # ... until the lease expires, within the documented window.
+        async with asyncio.timeout(TIMEOUT):
+            while await _refused_close_code(sup, "erin", retry=True) is not None:
+                await asyncio.sleep(0.1)
+        assert time.monotonic() - killed <= LEASE + 4.0
+        await sup.wait_for(rf"worker {worker} \(pid {pid}\) exited with signal SIGKILL; restart")
+        await sup.wait_for(rf"worker {worker} started", count=2)
+        assert sup.worker_pids()[worker] != pid
+        # Both workers serve after the restart.
+        nodes = set()
+        async with asyncio.timeout(TIMEOUT):
+            while len(nodes) < 2:
+                async with client(sup, "bob") as c:
+                    nodes.add(await _node_of(c.ws))
+        assert node in nodes

@@ -138,6 +138,7 @@ class Gateway:
         handshake that fails after the headers were checked leaves nothing behind)."""
         self.connections: set[Connection] = set()
         self._server: Server | None = None
+        self._port: int | None = None
         self._background: list[asyncio.Task[None]] = []
         web_root = Path(config.server.web_root) if config.server.web_root else WEB_ROOT
         self._routes = HttpRoutes(self, web_root)
@@ -220,6 +221,7 @@ class Gateway:
             # Several workers share one port (`gateway serve --workers N`).
             reuse_port=cfg.reuse_port,
         )
+        self._port = int(self._server.sockets[0].getsockname()[1])
         sessions = self.config.sessions
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._watch_sends()))
@@ -251,8 +253,8 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._port is not None, "not started"
+        return self._port
 
     @property
     def ws_url(self) -> str:
@@ -265,16 +267,17 @@ class Gateway:
     async def drain(self, timeout: float | None = None) -> None:
         """Shut down gracefully, then :meth:`stop`.
 
-        At once: ``/readyz`` answers 503, the listening socket closes (with
-        ``reuse_port`` the kernel sends new connections to the other workers),
-        handshakes still in flight get 503. Every socket with no call running is
+        At once: ``/readyz`` answers 503 and handshakes get HTTP 503. With
+        ``reuse_port`` (workers sharing the port) the listening socket closes
+        too, so the kernel sends new connections to the other workers; alone,
+        it keeps listening so that probes see the 503. Every socket with no call running is
         closed with 1012 (reconnect now, elsewhere), now or as soon as its last
         call ends; running calls get ``timeout`` (``drain_timeout``) seconds.
         What is left is closed with 1001 by :meth:`stop`.
         """
         self.draining = True
         timeout = self.config.server.drain_timeout if timeout is None else timeout
-        if self._server is not None:
+        if self._server is not None and self.config.server.reuse_port:
             self._server.server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
