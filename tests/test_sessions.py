@@ -34,7 +34,8 @@ async def make_store(store_url: str | None) -> AsyncIterator[MakeStore]:
         if store_url is None:
             return MemorySessionStore(**kwargs)
         link = RedisLink(store_url, prefix="test:")
-        store = RedisSessionStore(link, **kwargs)
+        # Exact index order, as in memory (the tests use made-up clocks a second apart).
+        store = RedisSessionStore(link, index_every=0, **kwargs)
         async with asyncio.timeout(10):
             await link.connect()
         links.append(link)
@@ -185,3 +186,22 @@ async def test_redis_keys_carry_the_prefix_a_user_hash_tag_and_a_ttl(redis_url: 
         "pfx:{idx}:models",
     }
     assert 3600 < ttl <= 3600 + 86_400
+
+
+async def test_redis_index_writes_are_coalesced_but_last_activity_is_exact(redis_url: str) -> None:
+    """Within index_every a touch is one script: lastActivity exact, the index order lags."""
+    link = RedisLink(redis_url)
+    store = RedisSessionStore(link, index_every=30.0)
+    await link.connect()
+    try:
+        await store.touch("a", "m", now=1.0)
+        await store.touch("b", "m", now=2.0)
+        again = await store.touch("a", "m", now=3.0)
+        order = [s.user_id for s in await store.sessions(limit=10)]
+        await store.touch("a", "m", now=40.0)  # Past the window: indexed again.
+        later = [s.user_id for s in await store.sessions(limit=10)]
+    finally:
+        await link.aclose()
+    assert again.last_activity == 3.0
+    assert order == ["b", "a"]  # a's index score is still 1.0
+    assert later == ["a", "b"]

@@ -11,10 +11,12 @@ Keys (``<p>`` is ``[sessions] prefix``)::
 
 A user's keys share the hash tag ``{u:<id>}`` and the index keys share
 ``{idx}``, so each script touches one Cluster slot. A session read costs one
-round trip: the user's script and the index update go in one pipeline; the
-index script runs a second time only when a session is new, changes model or
-was missing from the index. ``lastActivity`` is written on every access (not
-coalesced: it is never stale). ``getSessionStats`` reads counters and counts a
+round trip, one script on the user's hash. The session's ``lastActivity`` is
+written on every access and never stale; its copy in the index (the score)
+is refreshed by a process at most every ``INDEX_EVERY`` seconds per user (in
+the same pipeline), so the index order and ``activeSessions`` lag by at most
+that. A second round trip happens only when a session is new, changes model or
+was missing from the index. ``getSessionStats`` reads counters and counts a
 range of the index (``ZCOUNT``); nothing on a request path scans keys.
 
 Idle sessions: every process's periodic cleanup drops index entries older
@@ -126,6 +128,10 @@ return 1
 """
 
 CLEANUP_BATCH = 1000
+INDEX_EVERY = 30.0
+"""Seconds a process lets a user's index score lag behind ``lastActivity`` at most."""
+INDEXED_MAX = 100_000
+"""Users whose last index write this process remembers (forgotten all at once beyond)."""
 
 
 def _text(value: Any) -> str:
@@ -150,7 +156,12 @@ class RedisSessionStore:
     """The memory store's semantics, shared by every process on one Redis."""
 
     def __init__(
-        self, link: RedisLink, *, max_sessions: int = 100_000, max_age_hours: float = 24.0
+        self,
+        link: RedisLink,
+        *,
+        max_sessions: int = 100_000,
+        max_age_hours: float = 24.0,
+        index_every: float = INDEX_EVERY,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
@@ -167,6 +178,9 @@ class RedisSessionStore:
         self._cleanup = link.script(_CLEANUP)
         self._drop = link.script(_DROP_IF_IDLE)
         self._usage = link.script(_USAGE)
+        self._index_every = index_every
+        self._indexed: dict[str, float] = {}
+        """user id -> when this process last wrote the user's index score."""
 
     def _key(self, user_id: str) -> str:
         return self._link.user_key(user_id, "s")
@@ -174,14 +188,25 @@ class RedisSessionStore:
     async def _access(self, user_id: str, model: str, now: float, set_model: bool) -> SessionData:
         key = self._key(user_id)
         client = self._link.client
+        args = [model, repr(now), self._ttl, int(set_model)]
+        indexed = self._indexed.get(user_id)
+        if indexed is not None and now - indexed < self._index_every and not set_model:
+            created, old, *values = await self._touch([key], args)
+            missing = 0
+            if created:  # Evicted or expired meanwhile: index it now.
+                missing = await self._seen([self._idx, self._who], [user_id, repr(now)])
+        else:
 
-        async def both() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            self._touch.queue(pipe, [key], [model, repr(now), self._ttl, int(set_model)])
-            self._seen.queue(pipe, [self._idx, self._who], [user_id, repr(now)])
-            return list(await pipe.execute())
+            async def both() -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                self._touch.queue(pipe, [key], args)
+                self._seen.queue(pipe, [self._idx, self._who], [user_id, repr(now)])
+                return list(await pipe.execute())
 
-        (created, old, *values), missing = await self._link.run(both)
+            (created, old, *values), missing = await self._link.run(both)
+            if len(self._indexed) >= INDEXED_MAX:
+                self._indexed.clear()
+            self._indexed[user_id] = now
         session = _session(user_id, values)
         if created or missing or (set_model and old is not None and _text(old) != model):
             keys = [self._idx, self._who, self._models, self._evicted]
