@@ -938,8 +938,9 @@ async def main(args: argparse.Namespace) -> int:
                 print(
                     "\n".join(errs.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr
                 )
-    print()
-    print(report(res, plan))
+    if only & {"a", "b", "c", "d"}:
+        print()
+        print(report(res, plan))
     if "s" in res:
         import scale
 

@@ -45,6 +45,8 @@ PROBE_EVERY = 0.5
 """Seconds between pings while Redis is unreachable."""
 RETRY_AFTER = 1
 """``data.retryAfter`` (seconds) of -32020."""
+MAX_CONNECTIONS = 64
+"""Redis connections per process; more concurrent calls wait for one."""
 
 _FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 
@@ -85,15 +87,19 @@ class RedisLink:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A burst of calls waits for a pooled connection (up to ``timeout``) instead
+        # of failing: running out of connections is load, not an outage.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # One retry on a fresh connection (a pooled one may have died with a Redis
             # restart); a timeout is not retried, so a call fails within ~timeout.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            max_connections=64,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.healthy = True
         self.on_recover: list[Callable[[], Awaitable[None]]] = []
         self._scripts: list[Script] = []
@@ -129,7 +135,7 @@ class RedisLink:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis command (or pipeline); an outage becomes :class:`StoreUnavailable`."""
