@@ -142,13 +142,14 @@ class RedisLink:
         if not self.healthy:
             self._remind()
             raise StoreUnavailable(data={"retryAfter": RETRY_AFTER})
+        # No timer of our own: the pool wait, connect, every read and write are each
+        # bounded by ``timeout`` (one retry after a dropped connection).
         try:
-            async with asyncio.timeout(self.timeout * 2 + 0.5):
-                try:
-                    return await call()
-                except NoScriptError:
-                    await self._load_scripts()
-                    return await call()
+            try:
+                return await call()
+            except NoScriptError:
+                await self._load_scripts()
+                return await call()
         except _FAULTS as exc:
             self._lost(exc)
             raise StoreUnavailable(data={"retryAfter": RETRY_AFTER}) from None
