@@ -205,3 +205,30 @@ async def test_redis_index_writes_are_coalesced_but_last_activity_is_exact(redis
     assert again.last_activity == 3.0
     assert order == ["b", "a"]  # a's index score is still 1.0
     assert later == ["a", "b"]
+
+
+async def test_concurrent_redis_calls_are_pipelined_and_each_gets_its_own_answer(
+    redis_url: str,
+) -> None:
+    """200 concurrent updates (pipelined together) all count; after SCRIPT FLUSH they still do."""
+    link = RedisLink(redis_url)
+    store = RedisSessionStore(link)
+    await link.connect()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await store.touch("alice", "m", now=1.0)
+        async with asyncio.timeout(10):
+            await asyncio.gather(
+                *(store.add_usage("alice", 1, 2, 0.0, now=2.0) for _ in range(100))
+            )
+            await client.script_flush()  # as after a Redis restart: scripts must be loaded again
+            sessions = await asyncio.gather(
+                *(store.touch(f"user{i}", "m", now=3.0) for i in range(50)),
+                *(store.add_usage("alice", 1, 2, 0.0, now=3.0) for _ in range(100)),
+            )
+        alice = await store.touch("alice", "m", now=4.0)
+    finally:
+        await client.aclose()
+        await link.aclose()
+    assert [s.user_id for s in sessions[:50]] == [f"user{i}" for i in range(50)]
+    assert (alice.requests, alice.prompt_tokens, alice.completion_tokens) == (200, 200, 400)

@@ -76,8 +76,10 @@ class Script:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client = self.link.client
-        return await self.link.run(lambda: client.evalsha(self.sha, len(keys), *keys, *args))
+        return await self.link.eval(self, keys, args)
+
+
+_Call = tuple[Script, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class RedisLink:
@@ -106,6 +108,9 @@ class RedisLink:
         self._down_since = 0.0
         self._reminded = 0.0
         self._probe: asyncio.Task[None] | None = None
+        self._busy = False
+        """A script call is on the wire; calls arriving meanwhile wait in ``_queued``."""
+        self._queued: list[_Call] = []
 
     def key(self, tag: str, name: str) -> str:
         """``<prefix>{<tag>}:<name>``: every key of one tag lands in one Cluster slot."""
@@ -153,6 +158,72 @@ class RedisLink:
         except _FAULTS as exc:
             self._lost(exc)
             raise StoreUnavailable(data={"retryAfter": RETRY_AFTER}) from None
+
+    async def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script``, pipelined with the calls of other tasks (automatic pipelining).
+
+        The first call goes out at once; calls made while it is on the wire wait
+        and then go out together as one pipeline, and so on. Under concurrency
+        this saves most of the client's per-command CPU; alone, a call costs
+        what a plain ``EVALSHA`` costs.
+        """
+        if self._busy:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queued.append((script, keys, args, future))
+            return await future
+        self._busy = True
+        client = self.client
+        try:
+            return await self.run(lambda: client.evalsha(script.sha, len(keys), *keys, *args))
+        finally:
+            self._next_batch()
+
+    def _next_batch(self) -> None:
+        batch, self._queued = self._queued, []
+        if not batch:
+            self._busy = False
+            return
+        asyncio.get_running_loop().create_task(self._send_batch(batch))
+
+    async def _send_batch(self, batch: list[_Call]) -> None:
+        try:
+            results = await self.run(lambda: self._pipeline(batch))
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable())
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (*_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # The caller was cancelled; the script still ran.
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self._next_batch()
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            script.queue(pipe, keys, args)
+        results = list(await pipe.execute(raise_on_error=False))
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            # Redis restarted empty: those scripts did not run; load and run just them.
+            await self._load_scripts()
+            again = self.client.pipeline(transaction=False)
+            for i in missing:
+                script, keys, args, _ = batch[i]
+                script.queue(again, keys, args)
+            for i, result in zip(missing, await again.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, _FAULTS):
+                raise result  # The connection failed: the outage path, for the whole batch.
+        return results
 
     async def _load_scripts(self) -> None:
         for script in self._scripts:
