@@ -12,7 +12,8 @@ Redis. The parent:
   that exits with status 2 (bad config, Redis unreachable at start) stops them
   all: restarting cannot help;
 - forwards SIGTERM/SIGINT to every worker (each drains, see
-  :meth:`gateway.server.app.Gateway.drain`) and exits 0 once all exited 0; a
+  :meth:`gateway.server.app.Gateway.drain`; on Linux a worker also gets
+  SIGTERM if the parent dies without stopping it) and exits 0 once all exited 0; a
   second signal is forwarded too (workers then exit at once); workers still
   alive ``drain_timeout + shutdown_grace + 5`` s after the first are killed.
 
@@ -27,6 +28,8 @@ belongs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -142,7 +145,10 @@ class Supervisor:
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
-                *self.command, env=self._worker_env(k), stdin=asyncio.subprocess.DEVNULL
+                *self.command,
+                env=self._worker_env(k),
+                stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=_term_with_parent,
             )
             self.procs[k] = proc
             log.info("worker w%d started (pid %d)", k, proc.pid)
@@ -178,6 +184,12 @@ class Supervisor:
             except TimeoutError:
                 pass
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def _term_with_parent() -> None:
+    """In a worker (Linux): SIGTERM it, so it drains, if the parent dies without stopping it."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def worker_command(argv: Sequence[str]) -> list[str]:
