@@ -111,6 +111,7 @@ class RedisLink:
         self._busy = False
         """A script call is on the wire; calls arriving meanwhile wait in ``_queued``."""
         self._queued: list[_Call] = []
+        self._batches: set[asyncio.Task[None]] = set()
 
     def key(self, tag: str, name: str) -> str:
         """``<prefix>{<tag>}:<name>``: every key of one tag lands in one Cluster slot."""
@@ -183,7 +184,9 @@ class RedisLink:
         if not batch:
             self._busy = False
             return
-        asyncio.get_running_loop().create_task(self._send_batch(batch))
+        task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
 
     async def _send_batch(self, batch: list[_Call]) -> None:
         try:
