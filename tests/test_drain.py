@@ -23,6 +23,8 @@ __all__ = ["redis_server", "redis_url"]  # fixtures in use
 
 TIMEOUT = 20.0
 STORY = "tell me a story"
+LONG_STORY = " ".join(["tell me a long story"] * 8)
+"""40 words quoted back: about 3 s of answer at 30 tokens/s, to drain across."""
 
 
 async def get(url: str) -> tuple[int, dict]:
@@ -115,7 +117,7 @@ async def test_sigterm_mid_stream_finishes_the_stream_and_others_take_new_connec
         node = ws.response.headers["X-Gateway-Node"]
         worker = node.rsplit("-", 1)[1]
         pid = sup.worker_pids()[worker]
-        stream_id = await streaming.request("chat.postChat", [STORY])
+        stream_id = await streaming.request("chat.postChat", [LONG_STORY])
         first = await streaming.recv()
         os.kill(pid, signal.SIGTERM)
         await sup.wait_for(rf"{node} gateway.server.app: draining")
@@ -135,7 +137,7 @@ async def test_sigterm_mid_stream_finishes_the_stream_and_others_take_new_connec
     deltas = [f["params"]["text"] for f in [first, *frames] if f.get("method") == "stream.delta"]
     final = next(f for f in frames if f.get("id") == stream_id)
     assert final["result"]["finishReason"] == "stop"
-    assert "".join(deltas) == full_text(STORY)
+    assert "".join(deltas) == full_text(LONG_STORY)
     assert code == 1012
     assert node not in others and others
     assert sup.proc.returncode == 0

@@ -226,7 +226,8 @@ async def test_a_killed_worker_is_restarted_and_its_leases_expire_within_the_win
         async with asyncio.timeout(TIMEOUT):
             while await _refused_close_code(sup, "erin", retry=True) is not None:
                 await asyncio.sleep(0.1)
-        assert time.monotonic() - killed <= LEASE + 4.0
+        # A generous bound (loaded machine): lease, one renewal, the 1 s open-socket check.
+        assert time.monotonic() - killed <= LEASE + 6.0
         await sup.wait_for(rf"worker {worker} \(pid {pid}\) exited with signal SIGKILL; restart")
         await sup.wait_for(rf"worker {worker} started", count=2)
         assert sup.worker_pids()[worker] != pid
