@@ -20,30 +20,28 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.config import SessionsConfig
-from gateway.sessions.redislink import RedisLink
-
 __all__ = [
     "STORES",
+    "TEST_REDIS_TIMEOUT",
     "GatewayProcess",
     "RedisServer",
-    "connected_link",
     "free_port",
     "gateway_processes",
     "redis_available",
     "redis_server",
     "redis_url",
     "running_redis",
-    "sessions_config",
     "store_kind",
     "store_url",
 ]
 
 SHARED_PORT = 6379
+TEST_REDIS_TIMEOUT = 5.0
+"""``redis_timeout`` for tests that are not about faults: the machine is shared and slow at
+times, and a 1 s stall must not look like an outage (fault tests set their own)."""
 
 
 def free_port() -> int:
@@ -145,16 +143,6 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@contextlib.asynccontextmanager
-async def connected_link(url: str, **kwargs: Any) -> AsyncIterator[RedisLink]:
-    """A connected :class:`RedisLink`; its scripts must be registered before entering."""
-    link = RedisLink(url, **kwargs)
-    try:
-        yield link
-    finally:
-        await link.aclose()
-
-
 STORES = ["memory", "redis"]
 
 
@@ -170,13 +158,6 @@ def store_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
     if store_kind == "memory":
         return None
     return str(request.getfixturevalue("redis_url"))
-
-
-def sessions_config(url: str | None, **overrides: Any) -> SessionsConfig:
-    """``[sessions]`` for ``url`` (None: memory) with ``overrides``."""
-    if url is None:
-        return SessionsConfig(store="memory", **overrides)
-    return SessionsConfig(store="redis", url=url, **overrides)
 
 
 # Real gateway processes

@@ -12,7 +12,7 @@ from gateway.config import BudgetRule
 from gateway.context import User
 from gateway.errors import BudgetExceeded
 from gateway.sessions.redislink import RedisLink
-from tests.redis_support import redis_server, redis_url, store_kind, store_url
+from tests.redis_support import TEST_REDIS_TIMEOUT, redis_server, redis_url, store_kind, store_url
 
 __all__ = ["redis_server", "redis_url", "store_kind", "store_url"]  # fixtures in use
 
@@ -46,7 +46,7 @@ async def make_ledger(store_url: str | None) -> AsyncIterator[MakeLedger]:
     async def make(rules: Sequence[BudgetRule], clock: Any) -> Ledger:
         if store_url is None:
             return BudgetLedger(rules, clock=clock)
-        link = RedisLink(store_url)
+        link = RedisLink(store_url, timeout=TEST_REDIS_TIMEOUT)
         ledger = RedisBudgetLedger(link, rules, clock=clock)
         await link.connect()
         links.append(link)

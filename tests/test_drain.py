@@ -108,7 +108,8 @@ async def test_sigterm_mid_stream_finishes_the_stream_and_others_take_new_connec
     """SIGTERM to the worker holding a stream: the stream ends whole, new sockets land on the
     other worker, the drained worker exits 0 and the parent starts it again."""
     env = {"GATEWAY_REDIS_URL": redis_url}
-    async with gateway_processes(tmp_path, 1, workers=2, env=env) as procs:
+    config = "[sessions]\nredis_timeout = 5.0\n"
+    async with gateway_processes(tmp_path, 1, config=config, workers=2, env=env) as procs:
         sup = procs[0]
         headers = {"Authorization": "Bearer tok-frank"}
         async with asyncio.timeout(TIMEOUT):

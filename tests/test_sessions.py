@@ -17,7 +17,7 @@ from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.redis import RedisSessionStore
 from gateway.sessions.redislink import RedisLink
 from gateway.sessions.store import SessionStore
-from tests.redis_support import redis_server, redis_url, store_kind, store_url
+from tests.redis_support import TEST_REDIS_TIMEOUT, redis_server, redis_url, store_kind, store_url
 from tests.support import gateway_server, raw_client
 
 __all__ = ["redis_server", "redis_url", "store_kind", "store_url"]  # fixtures in use
@@ -33,7 +33,7 @@ async def make_store(store_url: str | None) -> AsyncIterator[MakeStore]:
     async def make(**kwargs: Any) -> SessionStore:
         if store_url is None:
             return MemorySessionStore(**kwargs)
-        link = RedisLink(store_url, prefix="test:")
+        link = RedisLink(store_url, prefix="test:", timeout=TEST_REDIS_TIMEOUT)
         # Exact index order, as in memory (the tests use made-up clocks a second apart).
         store = RedisSessionStore(link, index_every=0, **kwargs)
         async with asyncio.timeout(10):
@@ -127,9 +127,16 @@ async def test_cleanup_old_sessions_uses_the_max_age_in_hours(make_store: MakeSt
         user_var.reset(token)
 
 
+def _store_options(url: str | None) -> dict[str, Any]:
+    """gateway_server options selecting the Redis store at ``url`` (None: memory)."""
+    if url is None:
+        return {}
+    return {"store": "redis", "url": url, "redis_timeout": TEST_REDIS_TIMEOUT}
+
+
 async def test_periodic_cleanup_runs_in_the_server(store_url: str | None) -> None:
     """The server runs cleanup_old_sessions on its interval."""
-    extra: dict[str, Any] = {"store": "redis", "url": store_url} if store_url else {}
+    extra = _store_options(store_url)
     async with gateway_server(cleanup_interval_seconds=0.05, max_age_hours=0.0, **extra) as gw:
         async with raw_client(gw) as client:
             await client.call("chat.getCurrentModel")
@@ -140,7 +147,7 @@ async def test_periodic_cleanup_runs_in_the_server(store_url: str | None) -> Non
 
 async def test_a_model_choice_is_shared_by_the_users_connections(store_url: str | None) -> None:
     """setModel on one socket is the model of the user's other sockets; others keep theirs."""
-    extra: dict[str, Any] = {"store": "redis", "url": store_url} if store_url else {}
+    extra = _store_options(store_url)
     async with gateway_server(**extra) as gw:
         async with raw_client(gw) as one, raw_client(gw) as two, raw_client(gw, "tok-bob") as bob:
             assert (await one.call("chat.setModel", ["offline-fast"]))["result"] is True
@@ -164,7 +171,7 @@ async def test_session_helpers_refuse_to_run_without_a_user() -> None:
 
 async def test_redis_keys_carry_the_prefix_a_user_hash_tag_and_a_ttl(redis_url: str) -> None:
     """Every key is under the prefix; a user's keys share {u:<id>}; sessions expire by TTL."""
-    link = RedisLink(redis_url, prefix="pfx:")
+    link = RedisLink(redis_url, prefix="pfx:", timeout=TEST_REDIS_TIMEOUT)
     store = RedisSessionStore(link, max_age_hours=1.0)
     await link.connect()
     try:
@@ -190,7 +197,7 @@ async def test_redis_keys_carry_the_prefix_a_user_hash_tag_and_a_ttl(redis_url: 
 
 async def test_redis_index_writes_are_coalesced_but_last_activity_is_exact(redis_url: str) -> None:
     """Within index_every a touch is one script: lastActivity exact, the index order lags."""
-    link = RedisLink(redis_url)
+    link = RedisLink(redis_url, timeout=TEST_REDIS_TIMEOUT)
     store = RedisSessionStore(link, index_every=30.0)
     await link.connect()
     try:
@@ -211,7 +218,7 @@ async def test_concurrent_redis_calls_are_pipelined_and_each_gets_its_own_answer
     redis_url: str,
 ) -> None:
     """200 concurrent updates (pipelined together) all count; after SCRIPT FLUSH they still do."""
-    link = RedisLink(redis_url)
+    link = RedisLink(redis_url, timeout=TEST_REDIS_TIMEOUT)
     store = RedisSessionStore(link)
     await link.connect()
     client = aioredis.Redis.from_url(redis_url)

@@ -33,6 +33,9 @@ CONFIG = f"""
 connections_per_user = 3
 streams_per_user = 2
 
+[sessions]
+redis_timeout = 5.0
+
 [[budgets]]
 user = "carol"
 tokens_per_day = {BUDGET}
@@ -184,6 +187,7 @@ connections_per_user = 1
 
 [sessions]
 lease_seconds = {LEASE}
+redis_timeout = 5.0
 """
 
 
