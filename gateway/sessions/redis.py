@@ -69,13 +69,15 @@ local function decr(models, m)
 end
 """
 
-# KEYS index, who, models, evicted; ARGV user, model, max. Records the user's model
-# and, for a new user, evicts the least recently active beyond max. Returns evicted ids.
+# KEYS index, who, models, evicted; ARGV user, model, max, now. Records the user's model
+# (and keeps the user in the index: a cleanup may have run in between), and for a new
+# user evicts the least recently active beyond max. Returns evicted ids.
 _INDEX = (
     _DECR_MODEL
     + """
 local idx, who, models, evicted = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, model, most = ARGV[1], ARGV[2], tonumber(ARGV[3])
+redis.call('ZADD', idx, 'NX', ARGV[4], user)
 local old = redis.call('HGET', who, user)
 if old == model then return {} end
 redis.call('HSET', who, user, model)
@@ -210,7 +212,8 @@ class RedisSessionStore:
         session = _session(user_id, values)
         if created or missing or (set_model and old is not None and _text(old) != model):
             keys = [self._idx, self._who, self._models, self._evicted]
-            evicted = await self._index(keys, [user_id, session.current_model, self._max])
+            args = [user_id, session.current_model, self._max, repr(now)]
+            evicted = await self._index(keys, args)
             if evicted:
                 await self._link.run(lambda: client.delete(*(self._key(_text(u)) for u in evicted)))
         return session
@@ -249,7 +252,7 @@ class RedisSessionStore:
             return
         await self._seen([self._idx, self._who], [user_id, _text(last)])
         keys = [self._idx, self._who, self._models, self._evicted]
-        await self._index(keys, [user_id, _text(model), self._max])
+        await self._index(keys, [user_id, _text(model), self._max, _text(last)])
 
     async def stats(self, now: float) -> StoreStats:
         client = self._link.client
