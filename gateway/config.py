@@ -77,7 +77,12 @@ class ServerConfig:
     """How long a closing handshake may take before the TCP connection is dropped."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
-    shutdown_grace: float = 5.0
+    drain_timeout: float = 25.0
+    """On SIGTERM, running calls get this long to finish (idle sockets close at once with 1012)."""
+    shutdown_grace: float = 3.0
+    """After the drain, closing handshakes (1001) get this long before the process exits."""
+    reuse_port: bool = False
+    """SO_REUSEPORT: set for the workers of ``gateway serve --workers N`` (GATEWAY_REUSE_PORT=1)."""
     # Browsers
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed to open a socket; empty means same origin only."""
@@ -121,6 +126,16 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class SessionsConfig:
+    store: str = "memory"
+    """``memory`` (this process only) or ``redis`` (shared by every process on ``url``)."""
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL for ``store = "redis"`` (``GATEWAY_REDIS_URL``); a password may go in it."""
+    prefix: str = "gw:"
+    """Prefix of every Redis key, so several gateways can share one Redis."""
+    redis_timeout: float = 1.0
+    """Seconds a Redis call may take before it counts as an outage (-32020)."""
+    lease_seconds: float = 15.0
+    """Connection and stream counts of a process that died stop counting after this long."""
     max_sessions: int = 100_000
     """At the limit, the least recently active session is evicted."""
     max_age_hours: float = 24.0
@@ -199,6 +214,20 @@ def _models(items: Any) -> tuple[ModelConfig, ...]:
     return tuple(models)
 
 
+def _sessions(data: Any, env: Mapping[str, str]) -> SessionsConfig:
+    sessions = _section(SessionsConfig, data, "sessions")
+    if env.get("GATEWAY_REDIS_URL"):
+        # The URL alone selects Redis: a worker given a Redis URL must not keep state alone.
+        sessions = replace(sessions, url=env["GATEWAY_REDIS_URL"], store="redis")
+    if env.get("GATEWAY_SESSIONS_STORE"):
+        sessions = replace(sessions, store=env["GATEWAY_SESSIONS_STORE"])
+    if sessions.store not in ("memory", "redis"):
+        raise ConfigError(f"[sessions] store must be 'memory' or 'redis', not {sessions.store!r}")
+    if sessions.lease_seconds <= 0 or sessions.redis_timeout <= 0:
+        raise ConfigError("[sessions] lease_seconds and redis_timeout must be positive")
+    return sessions
+
+
 def parse_api_keys(text: str) -> dict[str, str]:
     """``user_id:token,user_id:token`` (split at the first colon) -> {token: user_id}."""
     keys: dict[str, str] = {}
@@ -248,6 +277,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         server = replace(server, host=env["GATEWAY_HOST"])
     if env.get("GATEWAY_PORT"):
         server = replace(server, port=int(env["GATEWAY_PORT"]))
+    if env.get("GATEWAY_REUSE_PORT"):
+        server = replace(server, reuse_port=env["GATEWAY_REUSE_PORT"] == "1")
     if env.get("GATEWAY_ALLOWED_ORIGINS"):
         origins = tuple(o.strip() for o in env["GATEWAY_ALLOWED_ORIGINS"].split(",") if o.strip())
         server = replace(server, allowed_origins=origins)
@@ -261,7 +292,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         server=server,
         auth=auth,
         limits=_section(LimitsConfig, data.get("limits"), "limits"),
-        sessions=_section(SessionsConfig, data.get("sessions"), "sessions"),
+        sessions=_sessions(data.get("sessions"), env),
         models=models,
         default_model=default_model,
         budgets=budgets,

@@ -19,6 +19,7 @@ no detail on the wire.
     ├── Cancelled               -32005
     ├── ModelUnavailable        -32006
     ├── BudgetExceeded          -32007  (data.retryAfter)
+    ├── StoreUnavailable        -32020  (data.retryAfter; shared state in Redis unreachable)
     └── UpstreamError           -32010  (data.retryable, data.provider, data.status)
         ├── UpstreamAuthError       -32011
         ├── UpstreamRateLimited     -32012  (data.retryAfter)
@@ -46,6 +47,7 @@ __all__ = [
     "MethodNotFound",
     "ModelUnavailable",
     "ParseError",
+    "StoreUnavailable",
     "TokenExpired",
     "Unauthenticated",
     "UpstreamAuthError",
@@ -99,6 +101,8 @@ class ErrorCode(IntEnum):
     """The provider sent a stream the gateway could not understand."""
     UPSTREAM_POOL_TIMEOUT = -32016
     """All of the model's upstream connections (``max_connections``) stayed busy too long."""
+    STORE_UNAVAILABLE = -32020
+    """Shared state (Redis) cannot be reached now; ``data.retryAfter`` says when to try again."""
 
 
 class GatewayError(Exception):
@@ -177,6 +181,11 @@ class ModelUnavailable(GatewayError):
 class BudgetExceeded(GatewayError):
     code = ErrorCode.BUDGET_EXCEEDED
     default_message = "Token budget exceeded"
+
+
+class StoreUnavailable(GatewayError):
+    code = ErrorCode.STORE_UNAVAILABLE
+    default_message = "Shared state is unavailable; retry shortly"
 
 
 class UpstreamError(GatewayError):

@@ -45,7 +45,7 @@ class AuthModule(Module):
             return await self.refresh(token)
         identity = self._check(conn, token)
         try:
-            conn.login(identity)
+            await conn.login(identity)
         except LimitExceeded:
             conn.close_soon(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
             raise
@@ -56,7 +56,7 @@ class AuthModule(Module):
         """Swap this connection's credentials for a new token of the same user."""
         conn = current_connection()
         identity = self._check(conn, token)
-        conn.login(identity)
+        await conn.login(identity)
         return _describe(identity)
 
     @exposed("whoami")

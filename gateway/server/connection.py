@@ -11,7 +11,6 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections import Counter
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -84,21 +83,23 @@ class Connection:
     def user(self) -> User | None:
         return self.identity.user if self.identity else None
 
-    def login(self, identity: Identity) -> None:
-        """Bind ``identity`` to this connection (first login, or refresh of the same user)."""
-        counts: Counter[str] = self.gateway.user_connections
+    async def login(self, identity: Identity) -> None:
+        """Bind ``identity`` to this connection (first login, or refresh of the same user).
+
+        The first login takes a ``connections_per_user`` lease (across every
+        process sharing the store); ``StoreUnavailable`` if that cannot be asked.
+        """
         if self.identity is not None:
             if identity.user.id != self.identity.user.id:
                 raise Forbidden("auth.refresh must keep the same user; open a new connection")
             self.identity = identity
             return
         most = self.gateway.config.limits.connections_per_user
-        if counts[identity.user.id] >= most:
+        if not await self.gateway.leases.acquire("conn", identity.user.id, most):
             raise LimitExceeded(
                 f"You already have {most} connections open",
                 {"limit": "connectionsPerUser", "max": most},
             )
-        counts[identity.user.id] += 1
         self.identity = identity
 
     def _authorize(self, spec: MethodSpec) -> contextvars.Context:
@@ -210,10 +211,7 @@ class Connection:
                 self._closing.cancel()
             await asyncio.gather(writer, *(t for t in [self._closing] if t), return_exceptions=True)
             if self.identity is not None:
-                counts = self.gateway.user_connections
-                counts[self.identity.user.id] -= 1
-                if counts[self.identity.user.id] <= 0:
-                    del counts[self.identity.user.id]
+                await self.gateway.leases.release("conn", self.identity.user.id)
 
     def _auth_deadline(self) -> None:
         if self.identity is None:

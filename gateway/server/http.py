@@ -1,4 +1,4 @@
-"""Plain HTTP on the WebSocket port: health, the web UI, and handshake checks.
+"""Plain HTTP on the WebSocket port: health, readiness, the web UI, and handshake checks.
 
 ``process_request`` runs before every handshake. It answers ordinary HTTP
 requests itself, refuses browser handshakes from foreign origins (403) and
@@ -121,9 +121,14 @@ class HttpRoutes:
             return self._handshake(connection, request)
         if path == "/healthz":
             return _json(HTTPStatus.OK, self._gateway.health())
+        if path == "/readyz":
+            ready, body = self._gateway.readiness()
+            return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
         return self._static(path)
 
     def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self._gateway.draining:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "server draining; reconnect"})
         origins = request.headers.get_all("Origin")
         if len(origins) > 1 or (
             origins and not self._origin_allowed(origins[0], request.headers.get("Host"))
