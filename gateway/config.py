@@ -22,6 +22,7 @@ __all__ = [
     "BudgetRule",
     "Config",
     "ConfigError",
+    "ConversationsConfig",
     "LimitsConfig",
     "ServerConfig",
     "SessionsConfig",
@@ -143,6 +144,28 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationsConfig:
+    url: str | None = None
+    """``postgresql://user@host/db`` for PostgreSQL; None keeps them in SQLite in the data
+    directory (in memory when there is no data directory)."""
+    # Limits
+    max_conversations_per_user: int = 10_000
+    max_messages_per_conversation: int = 2_000
+    """Every message of the tree counts (edits and regenerated answers too)."""
+    max_page_size: int = 200
+    """Largest ``limit`` of conversation.list."""
+    # Retention and housekeeping
+    retention_days: float = 0.0
+    """Delete conversations not updated for this many days (pinned ones stay); 0 keeps all."""
+    cleanup_interval_seconds: float = 3600.0
+    stale_stream_seconds: float = 3600.0
+    """An answer still ``streaming`` this long after it started is marked ``interrupted``."""
+    # Timeouts
+    title_timeout_seconds: float = 10.0
+    """Generating a title with the conversation's model; the question's first words after."""
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetRule:
     """Token budget for users matching ``user`` or ``role`` (or everyone when both are None)."""
 
@@ -161,6 +184,10 @@ class Config:
     models: tuple[ModelConfig, ...] = DEFAULT_MODELS
     default_model: str = "offline"
     budgets: tuple[BudgetRule, ...] = ()
+    conversations: ConversationsConfig = field(default_factory=ConversationsConfig)
+    data_dir: str | None = None
+    """Where the embedded default keeps its database and signing secret (``gateway serve``
+    uses ``./.gateway`` unless told otherwise); None keeps everything in memory."""
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -248,7 +275,17 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    known = {"server", "auth", "limits", "sessions", "models", "default_model", "budgets"}
+    known = {
+        "server",
+        "auth",
+        "limits",
+        "sessions",
+        "models",
+        "default_model",
+        "budgets",
+        "conversations",
+        "data_dir",
+    }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
@@ -288,6 +325,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     if default_model not in {m.name for m in models}:
         raise ConfigError(f"default_model {default_model!r} is not a configured model")
     budgets = tuple(_section(BudgetRule, b, "budgets") for b in (data.get("budgets") or []))
+    conversations = _section(ConversationsConfig, data.get("conversations"), "conversations")
+    if env.get("GATEWAY_CONVERSATIONS_URL"):
+        conversations = replace(conversations, url=env["GATEWAY_CONVERSATIONS_URL"])
+    data_dir = env.get("GATEWAY_DATA_DIR") or data.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ConfigError("data_dir must be a path string")
     return Config(
         server=server,
         auth=auth,
@@ -296,4 +339,6 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         models=models,
         default_model=default_model,
         budgets=budgets,
+        conversations=conversations,
+        data_dir=data_dir,
     )

@@ -20,6 +20,10 @@ no detail on the wire.
     ├── ModelUnavailable        -32006
     ├── BudgetExceeded          -32007  (data.retryAfter)
     ├── StoreUnavailable        -32020  (data.retryAfter; shared state in Redis unreachable)
+    ├── ConversationNotFound    -32030  (unknown, or another user's)
+    ├── ConversationLimit       -32031  (data.limit, data.max)
+    ├── MessageNotFound         -32032
+    ├── ConversationBusy        -32033  (an answer is streaming in it)
     └── UpstreamError           -32010  (data.retryable, data.provider, data.status)
         ├── UpstreamAuthError       -32011
         ├── UpstreamRateLimited     -32012  (data.retryAfter)
@@ -37,6 +41,9 @@ from typing import Any
 __all__ = [
     "BudgetExceeded",
     "Cancelled",
+    "ConversationBusy",
+    "ConversationLimit",
+    "ConversationNotFound",
     "ErrorCode",
     "Forbidden",
     "GatewayError",
@@ -44,6 +51,7 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "LimitExceeded",
+    "MessageNotFound",
     "MethodNotFound",
     "ModelUnavailable",
     "ParseError",
@@ -87,6 +95,14 @@ class ErrorCode(IntEnum):
     """The model exists but cannot serve (e.g. its API key is not configured)."""
     BUDGET_EXCEEDED = -32007
     """The user's token budget is spent; ``data.retryAfter`` says when it refills."""
+    CONVERSATION_NOT_FOUND = -32030
+    """No such conversation for this user (another user's is "not found" too)."""
+    CONVERSATION_LIMIT = -32031
+    """A conversation limit: conversations per user, messages per conversation, or size."""
+    MESSAGE_NOT_FOUND = -32032
+    """No such message in that conversation, or it has the wrong role for the call."""
+    CONVERSATION_BUSY = -32033
+    """An answer is already streaming in this conversation; wait for it or cancel it."""
     UPSTREAM_ERROR = -32010
     """The model provider failed in a way not covered below."""
     UPSTREAM_AUTH = -32011
@@ -186,6 +202,24 @@ class BudgetExceeded(GatewayError):
 class StoreUnavailable(GatewayError):
     code = ErrorCode.STORE_UNAVAILABLE
     default_message = "Shared state is unavailable; retry shortly"
+class ConversationNotFound(GatewayError):
+    code = ErrorCode.CONVERSATION_NOT_FOUND
+    default_message = "Conversation not found"
+
+
+class ConversationLimit(GatewayError):
+    code = ErrorCode.CONVERSATION_LIMIT
+    default_message = "Conversation limit reached"
+
+
+class MessageNotFound(GatewayError):
+    code = ErrorCode.MESSAGE_NOT_FOUND
+    default_message = "Message not found"
+
+
+class ConversationBusy(GatewayError):
+    code = ErrorCode.CONVERSATION_BUSY
+    default_message = "An answer is already streaming in this conversation"
 
 
 class UpstreamError(GatewayError):

@@ -267,13 +267,15 @@ class ChatModule(LLMModule):
         temperature: float | None = None,
         max_tokens: int | None = None,
         reasoning: bool = False,
+        model: str | None = None,
     ) -> AsyncIterator[str | Final]:
         """The answer's text pieces (and with ``reasoning``, its reasoning as
-        :class:`Reasoning` pieces; without, reasoning is only counted), then its Final."""
+        :class:`Reasoning` pieces; without, reasoning is only counted), then its Final.
+        ``model`` overrides the user's choice (a stored conversation's)."""
         user = current_user()
         if self.budget is not None:
             await self.budget.check(user)
-        model = await self.get_user_model()
+        model = model or await self.get_user_model()
         request = ChatRequest(
             messages=(Message("system", system), *history, message),
             temperature=temperature,

@@ -24,12 +24,21 @@ from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import Authenticator, Identity, mint_token
 from gateway.budgets import BudgetLedger, RedisBudgetLedger
 from gateway.config import Config
+from gateway.conversations import (
+    ConversationStore,
+    SqlConversationStore,
+    StoreLimits,
+    make_store,
+)
+from gateway.conversations.sqlite import DB_FILE
 from gateway.errors import LimitExceeded, StoreUnavailable
 from gateway.jsonrpc import Registry, SessionLimits
 from gateway.jsonrpc.openrpc import discover
 from gateway.leases import Leases, MemoryLeases, RedisLeases
 from gateway.modules.base import register_module
 from gateway.modules.chat import ChatModule, TokenBudget
+from gateway.modules.conversation import ConversationModule
+from gateway.modules.conversation_origin import OriginConversationModule
 from gateway.node import node_id
 from gateway.providers.router import ModelRouter
 from gateway.server.auth_module import AuthModule
@@ -37,6 +46,7 @@ from gateway.server.closecodes import CloseCode
 from gateway.server.connection import Connection
 from gateway.server.http import WS_PATH, HttpRoutes
 from gateway.server.redact import RedactingLogger
+from gateway.server.secret import load_or_create_secret
 from gateway.server.transport import GatewaySocket
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.redis import RedisSessionStore
@@ -95,11 +105,14 @@ class Gateway:
         router: ModelRouter | None = None,
         budget: TokenBudget | None = None,
         shared: SharedState | None = None,
+        conversations: ConversationStore | None = None,
     ) -> None:
         self.startup_token: str | None = None
+        data_dir = Path(config.data_dir) if config.data_dir else None
         if not config.auth.api_keys and not config.auth.jwt_secret:
-            # Never an open server: with no credentials configured, mint one token now.
-            secret = secrets.token_urlsafe(32)
+            # Never an open server: with no credentials configured, mint one token now,
+            # signed by the data directory's secret so it (and open pages) outlive a restart.
+            secret = load_or_create_secret(data_dir) if data_dir else secrets.token_urlsafe(32)
             config = replace(config, auth=replace(config.auth, jwt_secret=secret))
             self.startup_token = mint_token(
                 secret, "local", ttl=30 * 86400, roles=("admin",), name="Local user"
@@ -116,6 +129,29 @@ class Gateway:
         )
         self.router = router or ModelRouter(config.models)
         self.shared = shared or shared_state(config)
+        conv = config.conversations
+        self._own_conversations = conversations is None
+        self.conversations: ConversationStore = conversations or make_store(
+            conv.url,
+            sqlite_path=data_dir / DB_FILE if data_dir else None,
+            limits=StoreLimits(
+                conversations_per_user=conv.max_conversations_per_user,
+                messages_per_conversation=conv.max_messages_per_conversation,
+            ),
+        )
+        own = self.conversations
+        embedded = isinstance(own, SqlConversationStore) and own.embedded
+        if (
+            store is None
+            and data_dir is not None
+            and embedded
+            and self.shared.link is None
+            and isinstance(own, SqlConversationStore)
+        ):
+            # The embedded default keeps sessions (model choice) in its database too.
+            from gateway.sessions.sqlite import SqliteSessionStore
+
+            store = SqliteSessionStore(own.runner, max_cached=config.sessions.max_sessions)
         self.store = store if store is not None else self.shared.store
         self.leases = self.shared.leases
         self.link = self.shared.link
@@ -127,9 +163,18 @@ class Gateway:
             budget=budget if budget is not None else self.shared.budget,
             leases=self.leases,
         )
+        self.conversation = ConversationModule(
+            chat=self.chat,
+            store=self.conversations,
+            config=conv,
+            # One process owns an embedded database; shared ones track the node per answer.
+            node=None if embedded else node_id(),
+        )
         self.registry = Registry()
         register_module(self.registry, AuthModule(self.authenticator))
         register_module(self.registry, self.chat)
+        register_module(self.registry, self.conversation)
+        register_module(self.registry, OriginConversationModule(self.conversation))
         self.registry.add("rpc.discover", self._discover, public=True)
         limits = config.limits
         self.session_limits = SessionLimits(
@@ -215,6 +260,9 @@ class Gateway:
                 await self.link.aclose()
                 raise
         cfg = self.config.server
+        if self._own_conversations:
+            await self.conversations.start()
+        await self.conversation.start()
         self._server = await serve(
             self._handle,
             cfg.host,
@@ -238,6 +286,9 @@ class Gateway:
         self._background.append(loop.create_task(self._watch_sends()))
         if isinstance(self.leases, RedisLeases):
             self._background.append(loop.create_task(self.leases.run_renewals()))
+        self._background.append(
+            asyncio.get_running_loop().create_task(self.conversation.run_cleanup())
+        )
         self._background.append(
             asyncio.get_running_loop().create_task(
                 self.chat.run_cleanup(
@@ -316,9 +367,12 @@ class Gateway:
             except TimeoutError:
                 log.warning("connections still open after %ss", self.config.server.shutdown_grace)
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.conversation.aclose()
         await self.router.aclose()
         if self.link is not None:
             await self.link.aclose()
+        if self._own_conversations:
+            await self.conversations.close()
 
     async def __aenter__(self) -> Gateway:
         await self.start()

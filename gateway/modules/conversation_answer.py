@@ -1,0 +1,295 @@
+"""Streaming an answer into a stored conversation.
+
+The user's message and a ``streaming`` placeholder for the answer are written
+in one transaction when the call is accepted; the answer is written once more
+when it ends (``done``, ``unfinished`` with the partial text on cancel or
+disconnect, ``error``). Nothing is written per delta. The text itself comes
+from :meth:`ChatModule._chat`, so limits, budgets, failover, usage and the
+final result are exactly those of ``chat.chatWithHistory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from gateway.config import ConversationsConfig
+from gateway.context import current_user
+from gateway.conversations.sql import new_id
+from gateway.conversations.store import ConversationRecord, ConversationStore, NewMessage
+from gateway.conversations.tree import Tree
+from gateway.errors import ConversationBusy, ConversationNotFound, GatewayError
+from gateway.jsonrpc.registry import Final
+from gateway.modules.chat import DEFAULT_SYSTEM_PROMPT, ChatModule
+from gateway.modules.conversation_titles import fallback_title, generate_title
+from gateway.providers.base import Message
+
+__all__ = ["Answerer", "shielded"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STATUS = {"stop": "done", "length": "done", "cancelled": "unfinished", "error": "error"}
+
+
+async def shielded(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if we are cancelled meanwhile (then re-raise the cancel):
+    a write the client asked for is never left half-known."""
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+class Answerer:
+    def __init__(
+        self,
+        *,
+        chat: ChatModule,
+        store: ConversationStore,
+        config: ConversationsConfig,
+        node: str | None,
+    ) -> None:
+        self.chat = chat
+        self.store = store
+        self.config = config
+        self.node = node
+        self._busy: set[str] = set()
+        self._titles: set[asyncio.Task[None]] = set()
+
+    def history(self, tree: Tree, leaf_id: str | None) -> tuple[list[Message], int]:
+        """The stored branch as chat turns, newest kept within the history limits;
+        (turns, how many were left out)."""
+        turns = [
+            Message(m.role, m.content)  # type: ignore[arg-type]
+            for m in tree.branch(leaf_id)
+            if m.content and m.role in ("user", "assistant")
+        ]
+        limits = self.chat.limits
+        kept: list[Message] = []
+        total = 0
+        for turn in reversed(turns):
+            if len(kept) >= limits.max_history_messages:
+                break
+            total += len(turn.content)
+            if total > limits.max_history_chars:
+                break
+            kept.append(turn)
+        kept.reverse()
+        return kept, len(turns) - len(kept)
+
+    async def answer(
+        self,
+        record: ConversationRecord,
+        tree: Tree,
+        *,
+        parent_id: str | None,
+        question: str,
+        new: bool,
+    ) -> AsyncIterator[str | Final]:
+        """Stream the answer to ``question`` under ``parent_id`` (a new user message when
+        ``new``, else an answer to the existing user message ``parent_id``)."""
+        user = current_user()
+        if record.id in self._busy:
+            raise ConversationBusy(data={"conversationId": record.id})
+        self._busy.add(record.id)
+        try:
+            history_leaf = parent_id if new else tree.by_id[parent_id or ""].parent_id
+            history, left_out = self.history(tree, history_leaf)
+            model = record.model if self.chat.router.get(record.model) else None
+            model = model or await self.chat.get_user_model()
+            stream_id = new_id()
+            rows = []
+            if new:
+                rows.append(NewMessage("user", question, parent=parent_id))
+            rows.append(
+                NewMessage(
+                    "assistant",
+                    "",
+                    status="streaming",
+                    model=model,
+                    stream_id=stream_id,
+                    parent="@prev" if new else parent_id,
+                )
+            )
+            added: list[Any] | None = await shielded(
+                self.store.add_messages(user.id, record.id, rows, time.time(), node=self.node)
+            )
+            if added is None:
+                raise ConversationNotFound(data={"conversationId": record.id})
+            ids = {
+                "conversationId": record.id,
+                "userMessageId": added[0].id if new else parent_id,
+                "assistantMessageId": added[-1].id,
+                "streamId": stream_id,
+            }
+            async for piece in self._stream(record, added[-1].id, model, question, history, ids):
+                if isinstance(piece, Final):
+                    result = {**piece.result, **ids}
+                    result["droppedTurns"] = result.get("droppedTurns", 0) + left_out
+                    if record.message_count == 0 and record.title_auto:
+                        result["title"] = await self._title(record, model, question, result)
+                    yield Final(result)
+                    return
+                yield piece
+        finally:
+            self._busy.discard(record.id)
+
+    async def _stream(
+        self,
+        record: ConversationRecord,
+        message_id: str,
+        model: str,
+        question: str,
+        history: list[Message],
+        ids: dict[str, Any],
+    ) -> AsyncIterator[str | Final]:
+        params = record.params
+        inner: AsyncGenerator[str | Final, None] = self.chat._chat(  # type: ignore[assignment]
+            Message("user", question),
+            history,
+            system=record.system_prompt or DEFAULT_SYSTEM_PROMPT,
+            temperature=params.get("temperature"),
+            max_tokens=params.get("maxTokens"),
+            model=model,
+        )
+        parts: list[str] = []
+        final: dict[str, Any] | None = None
+        ended = False
+
+        async def end(status: str, result: dict[str, Any]) -> None:
+            nonlocal ended
+            ended = True
+            stored = {k: v for k, v in result.items() if k not in ids}
+            await shielded(
+                self.store.finish_message(
+                    message_id,
+                    content="".join(parts),
+                    status=status,
+                    now=time.time(),
+                    usage=result.get("usage"),
+                    finish_reason=result.get("finishReason"),
+                    result=stored or None,
+                )
+            )
+
+        try:
+            try:
+                async for piece in inner:
+                    if isinstance(piece, Final):
+                        final = piece.result
+                        break
+                    parts.append(piece)
+                    yield piece
+            except asyncio.CancelledError:
+                # rpc.cancel thrown in at our yield: the chat stream reports what it produced.
+                if inner.ag_frame is not None:  # type: ignore[attr-defined]
+                    try:
+                        item = await inner.athrow(asyncio.CancelledError())
+                        if isinstance(item, Final):
+                            final = item.result
+                    except (StopAsyncIteration, asyncio.CancelledError):
+                        pass
+                if final is None:
+                    raise
+            except GatewayError as exc:
+                await end("error", {"finishReason": "error", "error": exc.to_error()})
+                raise
+        finally:
+            await inner.aclose()
+            if not ended and final is None:
+                # The connection went away mid-answer: keep what was written.
+                await end("unfinished", {"finishReason": "cancelled"})
+        assert final is not None
+        await end(_STATUS.get(final.get("finishReason", "stop"), "done"), final)
+        yield Final(final)
+
+    async def _title(
+        self, record: ConversationRecord, model: str, question: str, result: dict[str, Any]
+    ) -> str:
+        """The offline model's title now; a model's in the background (placeholder now)."""
+        config = self.chat.router.get(model)
+        if config is not None and config.provider == "offline":
+            title = fallback_title(question)
+            await shielded(self._set_title(record.user_id, record.id, title))
+            return title
+        task = asyncio.get_running_loop().create_task(
+            self._background_title(record.user_id, record.id, model, question)
+        )
+        self._titles.add(task)
+        task.add_done_callback(self._titles.discard)
+        return record.title
+
+    async def _background_title(
+        self, user_id: str, conversation_id: str, model: str, question: str
+    ) -> None:
+        try:
+            loaded = await self.store.load(user_id, conversation_id)
+            if loaded is None:
+                return
+            _, messages = loaded
+            answer = next((m.content for m in messages if m.role == "assistant"), "")
+            title = await generate_title(
+                self.chat.router,
+                model,
+                question,
+                answer,
+                timeout=self.config.title_timeout_seconds,
+            )
+            await self._set_title(user_id, conversation_id, title)
+        except Exception:
+            log.exception("title generation failed")
+
+    async def _set_title(self, user_id: str, conversation_id: str, title: str) -> None:
+        """Set a generated title unless the user named the conversation meanwhile."""
+        record = await self.store.get(user_id, conversation_id)
+        if record is not None and record.title_auto:
+            await self.store.update(
+                user_id, conversation_id, time.time(), title=title, title_auto=False, touch=False
+            )
+
+    async def generate_now(self, record: ConversationRecord) -> str:
+        """A title for ``record`` now (chat.generateConversationTitle)."""
+        loaded = await self.store.load(record.user_id, record.id)
+        messages = loaded[1] if loaded else []
+        branch = Tree(messages).branch(record.active_leaf_id)
+        question = next((m.content for m in branch if m.role == "user"), "")
+        answer = next((m.content for m in branch if m.role == "assistant"), "")
+        if not question:
+            return record.title
+        title = await generate_title(
+            self.chat.router,
+            record.model,
+            question,
+            answer,
+            timeout=self.config.title_timeout_seconds,
+        )
+        await self.store.update(
+            record.user_id, record.id, time.time(), title=title, title_auto=False, touch=False
+        )
+        return title
+
+    async def recover(self, *, at_start: bool = False) -> int:
+        """Mark answers whose process died as ``interrupted``."""
+        now = time.time()
+        stale = now - self.config.stale_stream_seconds
+        if at_start and self.node is None:
+            count = await self.store.mark_interrupted(now=now)
+        elif at_start:
+            count = await self.store.mark_interrupted(node=self.node, stale_before=stale, now=now)
+        else:
+            count = await self.store.mark_interrupted(stale_before=stale, now=now)
+        if count:
+            log.info("marked %d answers interrupted", count)
+        return count
+
+    async def aclose(self) -> None:
+        for task in list(self._titles):
+            task.cancel()
+        await asyncio.gather(*self._titles, return_exceptions=True)
