@@ -13,7 +13,9 @@ from dataclasses import replace
 from gateway.auth.tokens import mint_token, parse_ttl
 from gateway.config import Config, ConfigError, load_config
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_DATA_DIR", "main"]
+
+DEFAULT_DATA_DIR = "./.gateway"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,12 +41,29 @@ def _serve(args: argparse.Namespace) -> int:
         server = replace(server, host=args.host)
     if args.port is not None:
         server = replace(server, port=args.port)
-    config = replace(config, server=server)
+    # With a data directory the state lives on disk: conversations, sessions, signing secret
+    # (./scripts/serve passes ./.gateway). Without one, everything is in memory.
+    data_dir = args.data_dir or config.data_dir or args.default_data_dir
+    config = replace(config, server=server, data_dir=data_dir)
     if args.workers < 1:
         print("gateway: --workers must be at least 1", file=sys.stderr)
         return 2
     if args.workers > 1:
+        if not config.conversations.url:
+            print(
+                f"gateway: --workers {args.workers} needs conversations in PostgreSQL "
+                '([conversations] url = "postgresql://..." or GATEWAY_CONVERSATIONS_URL): '
+                "SQLite serves one process",
+                file=sys.stderr,
+            )
+            return 2
         return _supervise(args, config)
+    if data_dir is None and not config.conversations.url:
+        logging.getLogger("gateway").warning(
+            "no data directory: conversations and sessions are kept in memory only "
+            "(pass --data-dir %s to keep them across restarts)",
+            DEFAULT_DATA_DIR,
+        )
     try:
         asyncio.run(Gateway(config).run_until_signalled())
     except StoreUnavailable as exc:
@@ -139,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="worker processes on one port, supervised (default 1; above 1 needs the Redis store)",
+    )
+    serve.add_argument(
+        "--data-dir",
+        help="where conversations, sessions and the signing secret live (default: data_dir "
+        "from the config or GATEWAY_DATA_DIR; none keeps them in memory; ./scripts/serve "
+        f"uses {DEFAULT_DATA_DIR})",
+    )
+    serve.add_argument(
+        "--default-data-dir",
+        metavar="DIR",
+        help="data directory when neither --data-dir, data_dir nor GATEWAY_DATA_DIR names one",
     )
     serve.set_defaults(func=_serve)
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -45,10 +46,10 @@ async def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     for name in ("GATEWAY_API_KEYS", "GATEWAY_JWT_SECRET", "GATEWAY_ADMINS", "GATEWAY_PORT"):
         monkeypatch.delenv(name, raising=False)
-    return {}
+    return {"GATEWAY_DATA_DIR": str(tmp_path / "data")}
 
 
 async def test_the_embedded_default_mints_a_token_that_works(clean_env: dict[str, str]) -> None:
@@ -82,7 +83,7 @@ async def test_the_embedded_default_mints_a_token_that_works(clean_env: dict[str
 
 async def test_sigterm_drains_closes_with_1012_and_exits_zero(clean_env: dict[str, str]) -> None:
     """SIGTERM lets the running answer finish, then closes its socket with 1012 and exits 0."""
-    proc, lines = await _start({"GATEWAY_API_KEYS": "alice:tok-a"})
+    proc, lines = await _start({**clean_env, "GATEWAY_API_KEYS": "alice:tok-a"})
     try:
         url = re.search(r"(ws://127\.0\.0\.1:\d+/ws)", "".join(lines))
         assert url

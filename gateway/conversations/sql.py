@@ -223,13 +223,12 @@ class SqlConversationStore:
             after = decode_cursor(cursor)
             if after is not None:
                 pinned, updated, ident = after
-                stmt = stmt.where(
-                    sa.or_(
-                        c.pinned < pinned,
-                        sa.and_(c.pinned == pinned, c.updated_at < updated),
-                        sa.and_(c.pinned == pinned, c.updated_at == updated, c.id < ident),
-                    )
+                same = sa.and_(
+                    c.pinned == pinned,
+                    sa.or_(c.updated_at < updated, sa.and_(c.updated_at == updated, c.id < ident)),
                 )
+                # Pinned ones come first: after a pinned cursor, every unpinned one follows.
+                stmt = stmt.where(sa.or_(c.pinned == sa.false(), same) if pinned else same)
         if query:
             pattern = _like(query)
             text_match = (
