@@ -16,7 +16,15 @@ from gateway.server.app import Gateway
 from tests.postgres import PostgresServer
 from tests.support import RawClient, gateway_server
 
-__all__ = ["BACKENDS", "Backend", "call_ok", "fresh_database", "gateway_on", "send"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "PatientClient",
+    "call_ok",
+    "fresh_database",
+    "gateway_on",
+    "send",
+]
 
 BACKENDS = ("sqlite", "postgres")
 _counter = itertools.count()
@@ -57,6 +65,14 @@ async def gateway_on(backend: Backend, **overrides: Any) -> AsyncIterator[Gatewa
         conversations=base.conversations, data_dir=base.data_dir, **overrides
     ) as gw:
         yield gw
+
+
+class PatientClient(RawClient):
+    """A RawClient that waits up to a minute per frame: for tests that load a shared,
+    busy machine with hundreds of users at once (the wait is bounded all the same)."""
+
+    async def recv(self, timeout: float = 60.0) -> Any:
+        return await super().recv(timeout)
 
 
 async def call_ok(client: RawClient, method: str, params: Any = None) -> Any:

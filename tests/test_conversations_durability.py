@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 
 from gateway.conversations import make_store
-from gateway.conversations.migrations import LATEST, current_version, migrate
+from gateway.conversations.migrations import LATEST
 from gateway.conversations.schema import metadata
 from gateway.conversations.store import StoreLimits
-from tests.conversation_support import Backend, call_ok, gateway_on, send
+from tests.conversation_support import Backend, PatientClient, call_ok, gateway_on, send
 from tests.support import RawClient, raw_client
 
 
@@ -36,7 +36,8 @@ async def test_200_users_write_concurrently_and_each_sees_only_their_own(
         ready = asyncio.Event()
 
         async def one(i: int, user: str) -> None:
-            async with raw_client(gw, f"tok-{user}") as c:
+            async with raw_client(gw, f"tok-{user}") as raw:
+                c = PatientClient(raw.ws)
                 cid = (await call_ok(c, "conversation.create", {"title": f"mine {user}"}))["id"]
                 text, _ = await send(
                     c, "conversation.send", {"conversationId": cid, "message": f"I am {user}"}
@@ -77,10 +78,11 @@ async def test_migrations_run_on_a_fresh_database_and_on_one_at_the_previous_ver
     path = Path(backend.data_dir or tmp_path) / "gateway.db"
     store = make_store(backend.url, sqlite_path=path, limits=StoreLimits())
     try:
-        assert await current_version(store.engine) == 0
-        assert await migrate(store.engine, target=1) == [1]
-        async with store.engine.begin() as conn:
-            await conn.execute(
+        assert await store.version() == 0
+        assert await store.migrate(target=1) == [1]
+
+        def old_rows(conn: Any) -> None:
+            conn.execute(
                 sa.text(
                     "INSERT INTO conversations (id, user_id, title, title_auto, model, params,"
                     " pinned, archived, created_at, updated_at, message_count, active_leaf_id)"
@@ -88,16 +90,18 @@ async def test_migrations_run_on_a_fresh_database_and_on_one_at_the_previous_ver
                     " 1.0, 2.0, 1, 'm1')"
                 )
             )
-            await conn.execute(
+            conn.execute(
                 sa.text(
                     "INSERT INTO messages (id, conversation_id, parent_id, seq, role, content,"
                     " status, created_at, updated_at) VALUES ('m1', 'c1', NULL, 0, 'user',"
                     " 'kept across versions', 'done', 1.0, 1.0)"
                 )
             )
+
+        await store.runner.run(old_rows, write=True)
         assert await store.start() == list(range(2, LATEST + 1))
         assert await store.start() == []
-        assert await current_version(store.engine) == LATEST
+        assert await store.version() == LATEST
         loaded = await store.load("alice", "c1")
         assert loaded is not None
         assert loaded[0].title == "Old one"
@@ -108,8 +112,7 @@ async def test_migrations_run_on_a_fresh_database_and_on_one_at_the_previous_ver
             inspector = sa.inspect(conn)
             return {t: {c["name"] for c in inspector.get_columns(t)} for t in metadata.tables}
 
-        async with store.engine.connect() as conn:
-            found = await conn.run_sync(columns)
+        found = await store.runner.run(columns, write=False)
         assert found == {t.name: {c.name for c in t.columns} for t in metadata.tables.values()}
     finally:
         await store.close()

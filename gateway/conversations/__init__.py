@@ -4,9 +4,10 @@ SQLite (the embedded default) and PostgreSQL.
     store.py       ConversationStore protocol and records
     schema.py      the tables at the current version
     migrations.py  versioned steps, applied at start
-    sql.py         the implementation on SQLAlchemy's async Core
-    sqlite.py      the embedded engine (a file in the data directory, WAL)
-    postgres.py    the engine for several processes (asyncpg)
+    runner.py      runs one operation off the loop (worker thread / asyncpg)
+    sql.py         the implementation on SQLAlchemy Core
+    sqlite.py      the embedded database (a file in the data directory, WAL)
+    postgres.py    the database for several processes (asyncpg)
     tree.py        branches, siblings and leaves
     export.py      JSON and Markdown
 """
@@ -28,9 +29,9 @@ def make_store(
     for tests and library use). Nothing connects before :meth:`~SqlConversationStore.start`,
     which applies the migrations."""
     if url:
-        from gateway.conversations.postgres import postgres_engine
+        from gateway.conversations.postgres import postgres_runner
 
-        return SqlConversationStore(postgres_engine(url), limits=limits)
-    from gateway.conversations.sqlite import sqlite_engine
+        return SqlConversationStore(postgres_runner(url), limits=limits)
+    from gateway.conversations.sqlite import sqlite_runner
 
-    return SqlConversationStore(sqlite_engine(sqlite_path), limits=limits, serialize_writes=True)
+    return SqlConversationStore(sqlite_runner(sqlite_path), limits=limits)

@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.conversations.runner import DbRunner
 
 __all__ = ["LATEST", "MIGRATIONS", "current_version", "migrate"]
 
@@ -145,16 +146,17 @@ def _upgrade(conn: Connection, target: int) -> list[int]:
     return applied
 
 
-async def migrate(engine: AsyncEngine, *, target: int = LATEST) -> list[int]:
+async def migrate(runner: DbRunner, *, target: int = LATEST) -> list[int]:
     """Bring the database up to ``target``; returns the versions applied now."""
-    async with engine.begin() as conn:
-        return await conn.run_sync(_upgrade, target)
+    return await runner.run(lambda conn: _upgrade(conn, target), write=True)
 
 
-async def current_version(engine: AsyncEngine) -> int:
+def _version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    return _current(conn)
+
+
+async def current_version(runner: DbRunner) -> int:
     """The version the database is at (0 for an empty database)."""
-    async with engine.connect() as conn:
-        has = await conn.run_sync(lambda c: sa.inspect(c).has_table("schema_version"))
-        if not has:
-            return 0
-        return await conn.run_sync(_current)
+    return await runner.run(_version, write=False)

@@ -10,24 +10,29 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
-__all__ = ["postgres_engine"]
+from gateway.conversations.runner import AsyncRunner
+
+__all__ = ["postgres_runner"]
 
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def postgres_runner(url: str, *, pool_size: int = 10) -> AsyncRunner:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             url = "postgresql+asyncpg://" + url[len(prefix) :]
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size * 2,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a connection the server dropped fails
+        # its statement, is discarded, and the next checkout opens a fresh one.
+        pool_recycle=1800,
         json_serializer=_dumps,
         json_deserializer=orjson.loads,
     )
+    return AsyncRunner(engine)

@@ -1,26 +1,27 @@
-"""The conversation store on SQLAlchemy's async Core: one implementation for SQLite and
-PostgreSQL (the dialect differences sit in :mod:`.sqlite` and :mod:`.postgres`).
+"""The conversation store on SQLAlchemy Core: one implementation for SQLite and PostgreSQL.
 
-Every query that touches a conversation matches ``user_id`` too, so another
-user's rows are simply not found. Writes are single transactions; a streamed
-answer costs two of them (start and end), never one per delta.
+Each operation is one synchronous function of a connection, run in one
+transaction by a :class:`~gateway.conversations.runner.DbRunner` (a worker
+thread for SQLite, asyncpg on the loop for PostgreSQL), so the loop never
+blocks and an operation of several statements costs one hop. Every query that
+touches a conversation matches ``user_id`` too, so another user's rows are
+simply not found. A streamed answer costs two writes (start and end), never
+one per delta.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Row
 
-from gateway.conversations.migrations import migrate
+from gateway.conversations.migrations import current_version, migrate
+from gateway.conversations.runner import DbRunner
 from gateway.conversations.schema import conversations, messages, user_settings
 from gateway.conversations.store import (
     ConversationRecord,
@@ -33,7 +34,7 @@ from gateway.conversations.store import (
 from gateway.conversations.tree import Tree
 from gateway.errors import ConversationLimit
 
-__all__ = ["SqlConversationStore", "new_id"]
+__all__ = ["AnswerStart", "SqlConversationStore", "new_id"]
 
 PLACEHOLDER_TITLE = "New conversation"
 _UPDATABLE = {
@@ -116,46 +117,61 @@ def decode_cursor(cursor: str) -> tuple[bool, float, str] | None:
     return pinned, float(updated), ident
 
 
+class AnswerStart:
+    """What :meth:`SqlConversationStore.start_answer` read and wrote, in one transaction."""
+
+    __slots__ = ("added", "record", "tree")
+
+    def __init__(self, record: ConversationRecord, tree: Tree, added: list[MessageRecord]) -> None:
+        self.record = record
+        self.tree = tree
+        self.added = added
+
+
+Plan = Callable[[ConversationRecord, Tree], list[NewMessage]]
+"""Chooses the messages to append, given the conversation as stored (may raise)."""
+
+
+def _get(conn: Connection, user_id: str, conversation_id: str) -> ConversationRecord | None:
+    row = conn.execute(
+        sa.select(conversations).where(
+            conversations.c.id == conversation_id, conversations.c.user_id == user_id
+        )
+    ).first()
+    return _conversation(row) if row is not None else None
+
+
+def _rows(conn: Connection, conversation_id: str) -> list[MessageRecord]:
+    rows = conn.execute(
+        sa.select(messages)
+        .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.seq)
+    ).all()
+    return [_message(r) for r in rows]
+
+
 class SqlConversationStore:
-    """A :class:`~gateway.conversations.store.ConversationStore` on an async engine.
+    """A :class:`~gateway.conversations.store.ConversationStore` on a :class:`DbRunner`."""
 
-    ``serialize_writes``: run writes one at a time in this process (SQLite has one
-    writer; waiting on an asyncio lock is cheaper than on its busy handler).
-    """
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        limits: StoreLimits | None = None,
-        serialize_writes: bool = False,
-    ) -> None:
-        self.engine = engine
+    def __init__(self, runner: DbRunner, *, limits: StoreLimits | None = None) -> None:
+        self.runner = runner
         self.limits = limits or StoreLimits()
-        self._write_lock = asyncio.Lock() if serialize_writes else None
-        self._postgres = engine.dialect.name == "postgresql"
-
-    @property
-    def write_lock(self) -> asyncio.Lock | None:
-        return self._write_lock
+        self._postgres = runner.dialect == "postgresql"
 
     @property
     def embedded(self) -> bool:
         """True for SQLite: one process owns the database."""
-        return self._write_lock is not None
+        return self.runner.embedded
 
     async def start(self) -> list[int]:
         """Apply pending migrations; the versions applied."""
-        return await migrate(self.engine)
+        return await migrate(self.runner)
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+    async def migrate(self, *, target: int) -> list[int]:
+        return await migrate(self.runner, target=target)
+
+    async def version(self) -> int:
+        return await current_version(self.runner)
 
     # Conversations
 
@@ -168,10 +184,9 @@ class SqlConversationStore:
         system_prompt: str | None,
         params: dict[str, Any],
         now: float,
-        conversation_id: str | None = None,
     ) -> ConversationRecord:
         record = ConversationRecord(
-            id=conversation_id or new_id(),
+            id=new_id(),
             user_id=user_id,
             title=title or PLACEHOLDER_TITLE,
             title_auto=not title,
@@ -185,19 +200,22 @@ class SqlConversationStore:
             message_count=0,
             active_leaf_id=None,
         )
-        async with self._write() as conn:
-            await self._check_conversation_limit(conn, user_id)
-            await conn.execute(conversations.insert().values(**_conversation_values(record)))
+
+        def op(conn: Connection) -> None:
+            self._check_conversation_limit(conn, user_id)
+            conn.execute(conversations.insert().values(**_conversation_values(record)))
+
+        await self.runner.run(op, write=True)
         return record
 
-    async def _check_conversation_limit(self, conn: AsyncConnection, user_id: str) -> None:
+    def _check_conversation_limit(self, conn: Connection, user_id: str) -> None:
         if self._postgres:
             # Concurrent creates of one user queue here, so the count below stays true.
-            await conn.execute(
+            conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(hashtext(:user))"), {"user": user_id}
             )
         most = self.limits.conversations_per_user
-        count = await conn.scalar(
+        count = conn.scalar(
             sa.select(sa.func.count())
             .select_from(conversations)
             .where(conversations.c.user_id == user_id)
@@ -241,67 +259,34 @@ class SqlConversationStore:
             )
             stmt = stmt.where(sa.or_(sa.func.lower(c.title).like(pattern, escape="\\"), text_match))
         stmt = stmt.order_by(c.pinned.desc(), c.updated_at.desc(), c.id.desc()).limit(limit + 1)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        items = [_conversation(r) for r in rows[:limit]]
+
+        def op(conn: Connection) -> list[ConversationRecord]:
+            return [_conversation(r) for r in conn.execute(stmt).all()]
+
+        rows = await self.runner.run(op, write=False)
+        items = rows[:limit]
         more = len(rows) > limit
         return Page(items, encode_cursor(items[-1]) if more and items else None)
 
     async def get(self, user_id: str, conversation_id: str) -> ConversationRecord | None:
-        async with self.engine.connect() as conn:
-            return await self._get(conn, user_id, conversation_id)
-
-    async def _get(
-        self, conn: AsyncConnection, user_id: str, conversation_id: str
-    ) -> ConversationRecord | None:
-        row = (
-            await conn.execute(
-                sa.select(conversations).where(
-                    conversations.c.id == conversation_id, conversations.c.user_id == user_id
-                )
-            )
-        ).first()
-        return _conversation(row) if row is not None else None
+        return await self.runner.run(lambda conn: _get(conn, user_id, conversation_id), write=False)
 
     async def messages(self, user_id: str, conversation_id: str) -> list[MessageRecord] | None:
-        async with self.engine.connect() as conn:
-            return await self._messages(conn, user_id, conversation_id)
+        loaded = await self.load(user_id, conversation_id)
+        return loaded[1] if loaded is not None else None
 
     async def load(
         self, user_id: str, conversation_id: str
     ) -> tuple[ConversationRecord, list[MessageRecord]] | None:
-        """The conversation and its messages on one connection."""
-        async with self.engine.connect() as conn:
-            record = await self._get(conn, user_id, conversation_id)
+        """The conversation and its messages, read in one transaction."""
+
+        def op(conn: Connection) -> tuple[ConversationRecord, list[MessageRecord]] | None:
+            record = _get(conn, user_id, conversation_id)
             if record is None:
                 return None
-            rows = (
-                await conn.execute(
-                    sa.select(messages)
-                    .where(messages.c.conversation_id == conversation_id)
-                    .order_by(messages.c.seq)
-                )
-            ).all()
-        return record, [_message(r) for r in rows]
+            return record, _rows(conn, conversation_id)
 
-    async def _messages(
-        self, conn: AsyncConnection, user_id: str, conversation_id: str
-    ) -> list[MessageRecord] | None:
-        owned = await conn.scalar(
-            sa.select(conversations.c.id).where(
-                conversations.c.id == conversation_id, conversations.c.user_id == user_id
-            )
-        )
-        if owned is None:
-            return None
-        rows = (
-            await conn.execute(
-                sa.select(messages)
-                .where(messages.c.conversation_id == conversation_id)
-                .order_by(messages.c.seq)
-            )
-        ).all()
-        return [_message(r) for r in rows]
+        return await self.runner.run(op, write=False)
 
     async def update(
         self, user_id: str, conversation_id: str, now: float, **fields: Any
@@ -313,9 +298,10 @@ class SqlConversationStore:
         values = dict(fields)
         if touch:
             values["updated_at"] = now
-        async with self._write() as conn:
+
+        def op(conn: Connection) -> ConversationRecord | None:
             if values:
-                result = await conn.execute(
+                result = conn.execute(
                     conversations.update()
                     .where(
                         conversations.c.id == conversation_id,
@@ -325,22 +311,17 @@ class SqlConversationStore:
                 )
                 if result.rowcount == 0:
                     return None
-            return await self._get(conn, user_id, conversation_id)
+            return _get(conn, user_id, conversation_id)
+
+        return await self.runner.run(op, write=True)
 
     async def delete(self, user_id: str, conversation_id: str) -> bool:
-        async with self._write() as conn:
-            owned = await conn.scalar(
-                sa.select(conversations.c.id).where(
-                    conversations.c.id == conversation_id, conversations.c.user_id == user_id
-                )
-            )
-            if owned is None:
+        def op(conn: Connection) -> bool:
+            if _get(conn, user_id, conversation_id) is None:
                 return False
-            await conn.execute(
-                messages.delete().where(messages.c.conversation_id == conversation_id)
-            )
-            await conn.execute(conversations.delete().where(conversations.c.id == conversation_id))
-            await conn.execute(
+            conn.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
+            conn.execute(conversations.delete().where(conversations.c.id == conversation_id))
+            conn.execute(
                 user_settings.update()
                 .where(
                     user_settings.c.user_id == user_id,
@@ -348,9 +329,76 @@ class SqlConversationStore:
                 )
                 .values(current_conversation_id=None)
             )
-        return True
+            return True
+
+        return await self.runner.run(op, write=True)
 
     # Messages
+
+    def _append(
+        self,
+        conn: Connection,
+        user_id: str,
+        conversation_id: str,
+        new: list[NewMessage],
+        now: float,
+        node: str | None,
+    ) -> list[MessageRecord] | None:
+        most = self.limits.messages_per_conversation
+        c = conversations.c
+        ids = [new_id() for _ in new]
+        # One statement checks owner and limit, reserves the sequence numbers and moves the
+        # active leaf to the last new message.
+        row = conn.execute(
+            conversations.update()
+            .where(
+                c.id == conversation_id,
+                c.user_id == user_id,
+                c.message_count + len(new) <= most,
+            )
+            .values(
+                message_count=c.message_count + len(new), updated_at=now, active_leaf_id=ids[-1]
+            )
+            .returning(c.message_count)
+        ).first()
+        if row is None:
+            exists = conn.scalar(
+                sa.select(c.id).where(c.id == conversation_id, c.user_id == user_id)
+            )
+            if exists is None:
+                return None
+            raise ConversationLimit(
+                f"This conversation already holds {most} messages; start a new one",
+                {"limit": "messagesPerConversation", "max": most},
+            )
+        first_seq = row[0] - len(new)
+        records = []
+        previous: str | None = None
+        for i, item in enumerate(new):
+            record = MessageRecord(
+                id=ids[i],
+                conversation_id=conversation_id,
+                parent_id=previous if item.parent == "@prev" else item.parent,
+                seq=first_seq + i,
+                role=item.role,
+                content=item.content,
+                status=item.status,
+                model=item.model,
+                stream_id=item.stream_id,
+                created_at=now,
+                updated_at=now,
+                result=item.extra.get("result"),
+            )
+            records.append(record)
+            previous = record.id
+        conn.execute(
+            messages.insert(),
+            [
+                {**_message_values(r), "node": node if r.status == "streaming" else None}
+                for r in records
+            ],
+        )
+        return records
 
     async def add_messages(
         self,
@@ -361,66 +409,27 @@ class SqlConversationStore:
         *,
         node: str | None = None,
     ) -> list[MessageRecord] | None:
-        most = self.limits.messages_per_conversation
-        c = conversations.c
-        async with self._write() as conn:
-            # One statement reserves the sequence numbers and checks owner and limit.
-            row = (
-                await conn.execute(
-                    conversations.update()
-                    .where(
-                        c.id == conversation_id,
-                        c.user_id == user_id,
-                        c.message_count + len(new) <= most,
-                    )
-                    .values(message_count=c.message_count + len(new), updated_at=now)
-                    .returning(c.message_count)
-                )
-            ).first()
-            if row is None:
-                exists = await conn.scalar(
-                    sa.select(c.id).where(c.id == conversation_id, c.user_id == user_id)
-                )
-                if exists is None:
-                    return None
-                raise ConversationLimit(
-                    f"This conversation already holds {most} messages; start a new one",
-                    {"limit": "messagesPerConversation", "max": most},
-                )
-            first_seq = row[0] - len(new)
-            records = []
-            previous: str | None = None
-            for i, item in enumerate(new):
-                parent = previous if item.parent == "@prev" else item.parent
-                record = MessageRecord(
-                    id=new_id(),
-                    conversation_id=conversation_id,
-                    parent_id=parent,
-                    seq=first_seq + i,
-                    role=item.role,
-                    content=item.content,
-                    status=item.status,
-                    model=item.model,
-                    stream_id=item.stream_id,
-                    created_at=now,
-                    updated_at=now,
-                    result=item.extra.get("result"),
-                )
-                records.append(record)
-                previous = record.id
-            await conn.execute(
-                messages.insert(),
-                [
-                    {**_message_values(r), "node": node if r.status == "streaming" else None}
-                    for r in records
-                ],
-            )
-            await conn.execute(
-                conversations.update()
-                .where(c.id == conversation_id)
-                .values(active_leaf_id=records[-1].id)
-            )
-        return records
+        return await self.runner.run(
+            lambda conn: self._append(conn, user_id, conversation_id, new, now, node), write=True
+        )
+
+    async def start_answer(
+        self, user_id: str, conversation_id: str, plan: Plan, now: float, *, node: str | None
+    ) -> AnswerStart | None:
+        """Read the conversation, let ``plan`` choose the messages, append them: one
+        transaction, so the answer's history is exactly what was stored."""
+
+        def op(conn: Connection) -> AnswerStart | None:
+            record = _get(conn, user_id, conversation_id)
+            if record is None:
+                return None
+            tree = Tree(_rows(conn, conversation_id))
+            added = self._append(conn, user_id, conversation_id, plan(record, tree), now, node)
+            if added is None:
+                return None
+            return AnswerStart(record, tree, added)
+
+        return await self.runner.run(op, write=True)
 
     async def finish_message(
         self,
@@ -433,34 +442,33 @@ class SqlConversationStore:
         finish_reason: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                messages.update()
-                .where(messages.c.id == message_id)
-                .values(
-                    content=content,
-                    status=status,
-                    updated_at=now,
-                    usage=usage,
-                    finish_reason=finish_reason,
-                    result=result,
-                    node=None,
-                )
+        stmt = (
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(
+                content=content,
+                status=status,
+                updated_at=now,
+                usage=usage,
+                finish_reason=finish_reason,
+                result=result,
+                node=None,
             )
+        )
+        await self.runner.run(lambda conn: conn.execute(stmt), write=True, single=True)
 
     async def fork(
         self, user_id: str, conversation_id: str, message_id: str, now: float
     ) -> ConversationRecord | None:
-        async with self._write() as conn:
-            source = await self._get(conn, user_id, conversation_id)
+        def op(conn: Connection) -> ConversationRecord | None:
+            source = _get(conn, user_id, conversation_id)
             if source is None:
                 return None
-            rows = await self._messages(conn, user_id, conversation_id)
-            tree = Tree(rows or [])
+            tree = Tree(_rows(conn, conversation_id))
             if message_id not in tree.by_id:
                 return None
             branch = tree.branch(message_id)
-            await self._check_conversation_limit(conn, user_id)
+            self._check_conversation_limit(conn, user_id)
             record = ConversationRecord(
                 id=new_id(),
                 user_id=user_id,
@@ -499,24 +507,26 @@ class SqlConversationStore:
                 copies.append(copy)
                 parent = copy.id
             record.active_leaf_id = parent
-            await conn.execute(conversations.insert().values(**_conversation_values(record)))
+            conn.execute(conversations.insert().values(**_conversation_values(record)))
             if copies:
-                await conn.execute(messages.insert(), [_message_values(m) for m in copies])
-        return record
+                conn.execute(messages.insert(), [_message_values(m) for m in copies])
+            return record
+
+        return await self.runner.run(op, write=True)
 
     # Per-user settings (the origin session's current conversation and system prompt)
 
     async def settings(self, user_id: str) -> UserSettings:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(user_settings).where(user_settings.c.user_id == user_id)
-                )
+        def op(conn: Connection) -> UserSettings:
+            row = conn.execute(
+                sa.select(user_settings).where(user_settings.c.user_id == user_id)
             ).first()
-        if row is None:
-            return UserSettings(user_id)
-        m = row._mapping
-        return UserSettings(user_id, m["current_conversation_id"], m["system_prompt"])
+            if row is None:
+                return UserSettings(user_id)
+            m = row._mapping
+            return UserSettings(user_id, m["current_conversation_id"], m["system_prompt"])
+
+        return await self.runner.run(op, write=False)
 
     async def save_settings(self, settings: UserSettings, now: float) -> None:
         values = {
@@ -524,16 +534,17 @@ class SqlConversationStore:
             "system_prompt": settings.system_prompt,
             "updated_at": now,
         }
-        async with self._write() as conn:
-            result = await conn.execute(
+
+        def op(conn: Connection) -> None:
+            result = conn.execute(
                 user_settings.update()
                 .where(user_settings.c.user_id == settings.user_id)
                 .values(**values)
             )
             if result.rowcount == 0:
-                await conn.execute(
-                    user_settings.insert().values(user_id=settings.user_id, **values)
-                )
+                conn.execute(user_settings.insert().values(user_id=settings.user_id, **values))
+
+        await self.runner.run(op, write=True)
 
     # Housekeeping
 
@@ -548,24 +559,26 @@ class SqlConversationStore:
         where = [messages.c.status == "streaming"]
         if either:
             where.append(sa.or_(*either))
-        async with self._write() as conn:
-            result = await conn.execute(
-                messages.update().where(*where).values(status="interrupted", updated_at=now)
-            )
-        return int(result.rowcount or 0)
+        stmt = messages.update().where(*where).values(status="interrupted", updated_at=now)
+        return await self.runner.run(
+            lambda conn: int(conn.execute(stmt).rowcount or 0), write=True, single=True
+        )
 
     async def cleanup(self, older_than: float) -> int:
         c = conversations.c
-        async with self._write() as conn:
+
+        def op(conn: Connection) -> int:
             old = sa.select(c.id).where(c.updated_at < older_than, c.pinned.is_(False))
-            await conn.execute(messages.delete().where(messages.c.conversation_id.in_(old)))
-            result = await conn.execute(
+            conn.execute(messages.delete().where(messages.c.conversation_id.in_(old)))
+            result = conn.execute(
                 conversations.delete().where(c.updated_at < older_than, c.pinned.is_(False))
             )
-        return int(result.rowcount or 0)
+            return int(result.rowcount or 0)
+
+        return await self.runner.run(op, write=True)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.runner.close()
 
 
 def _conversation_values(r: ConversationRecord) -> dict[str, Any]:

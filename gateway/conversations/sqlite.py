@@ -1,10 +1,10 @@
 """SQLite, the embedded default: one file in the data directory, WAL mode, nothing to install.
 
-aiosqlite runs each connection's calls on its own thread, so the event loop
-never waits on the disk. SQLite has one writer at a time: the store orders
-this process's writes with an asyncio lock, and ``busy_timeout`` covers the
-rare second process (a backup, the ``sqlite3`` shell). For several gateway
-processes use PostgreSQL.
+Operations run on worker threads (:class:`~gateway.conversations.runner.ThreadRunner`)
+with the stdlib driver, so the event loop never waits on the disk. SQLite has
+one writer at a time: this process's writes share one thread, and
+``busy_timeout`` covers the rare second process (a backup, the ``sqlite3``
+shell). For several gateway processes use PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,24 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["DB_FILE", "sqlite_engine"]
+from gateway.conversations.runner import ThreadRunner
+
+__all__ = ["DB_FILE", "sqlite_runner"]
 
 DB_FILE = "gateway.db"
+READERS = 3
 
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def sqlite_engine(path: str | Path | None) -> AsyncEngine:
-    """An engine on the database file at ``path`` (None: a private in-memory database)."""
+def sqlite_runner(path: str | Path | None) -> ThreadRunner:
+    """A runner on the database file at ``path`` (None: a private in-memory database, used
+    by one thread)."""
     if path is None:
-        engine = create_async_engine(
-            "sqlite+aiosqlite://",
+        engine = create_engine(
+            "sqlite://",
             poolclass=StaticPool,
             connect_args={"check_same_thread": False},
             json_serializer=_dumps,
@@ -38,15 +41,16 @@ def sqlite_engine(path: str | Path | None) -> AsyncEngine:
         )
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            f"sqlite+aiosqlite:///{Path(path)}",
+        engine = create_engine(
+            f"sqlite:///{Path(path)}",
+            connect_args={"check_same_thread": False},
             json_serializer=_dumps,
             json_deserializer=orjson.loads,
-            pool_size=4,
-            max_overflow=4,
+            pool_size=READERS + 1,
+            max_overflow=0,
         )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         if path is not None:
@@ -58,4 +62,4 @@ def sqlite_engine(path: str | Path | None) -> AsyncEngine:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
-    return engine
+    return ThreadRunner(engine, readers=READERS if path is not None else 0)

@@ -8,6 +8,7 @@ request context. Times are Unix seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -165,6 +166,19 @@ class ConversationStore(Protocol):
 
         Raises ConversationLimit past messages-per-conversation; None: not found.
         """
+        ...
+
+    async def start_answer(
+        self,
+        user_id: str,
+        conversation_id: str,
+        plan: Callable[[ConversationRecord, Any], list[NewMessage]],
+        now: float,
+        *,
+        node: str | None,
+    ) -> Any:
+        """Read the conversation and its tree, append what ``plan(record, tree)`` returns, in one
+        transaction; an :class:`~gateway.conversations.sql.AnswerStart` (None: not found)."""
         ...
 
     async def finish_message(

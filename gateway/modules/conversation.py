@@ -24,7 +24,7 @@ from gateway.errors import ConversationNotFound, InvalidParams, MessageNotFound
 from gateway.jsonrpc.registry import Final
 from gateway.modules.base import Module, exposed
 from gateway.modules.chat import ChatModule
-from gateway.modules.conversation_answer import Answerer
+from gateway.modules.conversation_answer import Answerer, Turn
 from gateway.modules.conversation_titles import MAX_TITLE_CHARS
 
 __all__ = ["ConversationModule", "check_params"]
@@ -275,12 +275,12 @@ class ConversationModule(Module):
     @exposed("send")
     async def send(self, conversationId: str, message: str) -> AsyncIterator[str | Final]:
         """Stream an answer to ``message``, appended to the active branch."""
-        question = self.chat._message(message)
-        record, messages = await self._load(conversationId)
-        tree = Tree(messages)
-        async for piece in self.answers.answer(
-            record, tree, parent_id=record.active_leaf_id, question=question.content, new=True
-        ):
+        question = self.chat._message(message).content
+
+        def choose(record: ConversationRecord, tree: Tree) -> Turn:
+            return Turn(record.active_leaf_id, question, new=True)
+
+        async for piece in self.answers.answer(conversationId, choose):
             yield piece
 
     @exposed("edit")
@@ -288,35 +288,35 @@ class ConversationModule(Module):
         self, conversationId: str, messageId: str, message: str
     ) -> AsyncIterator[str | Final]:
         """A new version of user message ``messageId`` (a sibling) and a new answer to it."""
-        question = self.chat._message(message)
-        record, messages = await self._load(conversationId)
-        tree = Tree(messages)
-        target = tree.by_id.get(messageId)
-        if target is None or target.role != "user":
-            raise MessageNotFound(
-                "No such user message in this conversation",
-                {"conversationId": conversationId, "messageId": messageId},
-            )
-        async for piece in self.answers.answer(
-            record, tree, parent_id=target.parent_id, question=question.content, new=True
-        ):
+        question = self.chat._message(message).content
+
+        def choose(record: ConversationRecord, tree: Tree) -> Turn:
+            target = tree.by_id.get(messageId)
+            if target is None or target.role != "user":
+                raise MessageNotFound(
+                    "No such user message in this conversation",
+                    {"conversationId": conversationId, "messageId": messageId},
+                )
+            return Turn(target.parent_id, question, new=True)
+
+        async for piece in self.answers.answer(conversationId, choose):
             yield piece
 
     @exposed("regenerate")
     async def regenerate(self, conversationId: str, messageId: str) -> AsyncIterator[str | Final]:
         """Another answer to the question of assistant message ``messageId`` (a sibling)."""
-        record, messages = await self._load(conversationId)
-        tree = Tree(messages)
-        target = tree.by_id.get(messageId)
-        parent = tree.by_id.get(target.parent_id or "") if target is not None else None
-        if target is None or target.role != "assistant" or parent is None:
-            raise MessageNotFound(
-                "No such assistant message in this conversation",
-                {"conversationId": conversationId, "messageId": messageId},
-            )
-        async for piece in self.answers.answer(
-            record, tree, parent_id=parent.id, question=parent.content, new=False
-        ):
+
+        def choose(record: ConversationRecord, tree: Tree) -> Turn:
+            target = tree.by_id.get(messageId)
+            parent = tree.by_id.get(target.parent_id or "") if target is not None else None
+            if target is None or target.role != "assistant" or parent is None:
+                raise MessageNotFound(
+                    "No such assistant message in this conversation",
+                    {"conversationId": conversationId, "messageId": messageId},
+                )
+            return Turn(parent.id, parent.content, new=False)
+
+        async for piece in self.answers.answer(conversationId, choose):
             yield piece
 
     # Lifecycle (called by the server)

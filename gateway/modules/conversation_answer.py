@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.config import ConversationsConfig
@@ -27,11 +28,22 @@ from gateway.modules.chat import DEFAULT_SYSTEM_PROMPT, ChatModule
 from gateway.modules.conversation_titles import fallback_title, generate_title
 from gateway.providers.base import Message
 
-__all__ = ["Answerer", "shielded"]
+__all__ = ["Answerer", "Turn", "shielded"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Where an answer goes: under ``parent_id``, answering ``question``; ``new``: the question
+    is a new user message (send, edit), else ``parent_id`` is that user message (regenerate)."""
+
+    parent_id: str | None
+    question: str
+    new: bool
+
 
 _STATUS = {"stop": "done", "length": "done", "cancelled": "unfinished", "error": "error"}
 
@@ -85,61 +97,69 @@ class Answerer:
         return kept, len(turns) - len(kept)
 
     async def answer(
-        self,
-        record: ConversationRecord,
-        tree: Tree,
-        *,
-        parent_id: str | None,
-        question: str,
-        new: bool,
+        self, conversation_id: str, choose: Callable[[ConversationRecord, Tree], Turn]
     ) -> AsyncIterator[str | Final]:
-        """Stream the answer to ``question`` under ``parent_id`` (a new user message when
-        ``new``, else an answer to the existing user message ``parent_id``)."""
+        """Stream an answer in ``conversation_id``; ``choose`` picks, from the conversation as
+        stored, where the new messages go (it may raise, e.g. MessageNotFound)."""
         user = current_user()
-        if record.id in self._busy:
-            raise ConversationBusy(data={"conversationId": record.id})
-        self._busy.add(record.id)
+        if conversation_id in self._busy:
+            raise ConversationBusy(data={"conversationId": conversation_id})
+        self._busy.add(conversation_id)
         try:
-            history_leaf = parent_id if new else tree.by_id[parent_id or ""].parent_id
-            history, left_out = self.history(tree, history_leaf)
-            model = record.model if self.chat.router.get(record.model) else None
-            model = model or await self.chat.get_user_model()
+            fallback_model = await self.chat.get_user_model()
             stream_id = new_id()
-            rows = []
-            if new:
-                rows.append(NewMessage("user", question, parent=parent_id))
-            rows.append(
-                NewMessage(
-                    "assistant",
-                    "",
-                    status="streaming",
-                    model=model,
-                    stream_id=stream_id,
-                    parent="@prev" if new else parent_id,
+            chosen: dict[str, Any] = {}
+
+            def plan(record: ConversationRecord, tree: Tree) -> list[NewMessage]:
+                # Runs inside the store's transaction (maybe on its thread): pure work only.
+                turn = choose(record, tree)
+                model = record.model if self.chat.router.get(record.model) else fallback_model
+                chosen.update(turn=turn, model=model)
+                rows = (
+                    [NewMessage("user", turn.question, parent=turn.parent_id)] if turn.new else []
                 )
+                rows.append(
+                    NewMessage(
+                        "assistant",
+                        "",
+                        status="streaming",
+                        model=model,
+                        stream_id=stream_id,
+                        parent="@prev" if turn.new else turn.parent_id,
+                    )
+                )
+                return rows
+
+            started = await shielded(
+                self.store.start_answer(user.id, conversation_id, plan, time.time(), node=self.node)
             )
-            added: list[Any] | None = await shielded(
-                self.store.add_messages(user.id, record.id, rows, time.time(), node=self.node)
+            if started is None:
+                raise ConversationNotFound(data={"conversationId": conversation_id})
+            record, tree, added = started.record, started.tree, started.added
+            turn: Turn = chosen["turn"]
+            model: str = chosen["model"]
+            history_leaf = (
+                turn.parent_id if turn.new else tree.by_id[turn.parent_id or ""].parent_id
             )
-            if added is None:
-                raise ConversationNotFound(data={"conversationId": record.id})
+            history, left_out = self.history(tree, history_leaf)
             ids = {
                 "conversationId": record.id,
-                "userMessageId": added[0].id if new else parent_id,
+                "userMessageId": added[0].id if turn.new else turn.parent_id,
                 "assistantMessageId": added[-1].id,
                 "streamId": stream_id,
             }
-            async for piece in self._stream(record, added[-1].id, model, question, history, ids):
+            pieces = self._stream(record, added[-1].id, model, turn.question, history, ids)
+            async for piece in pieces:
                 if isinstance(piece, Final):
                     result = {**piece.result, **ids}
                     result["droppedTurns"] = result.get("droppedTurns", 0) + left_out
                     if record.message_count == 0 and record.title_auto:
-                        result["title"] = await self._title(record, model, question, result)
+                        result["title"] = await self._title(record, model, turn.question)
                     yield Final(result)
                     return
                 yield piece
         finally:
-            self._busy.discard(record.id)
+            self._busy.discard(conversation_id)
 
     async def _stream(
         self,
@@ -210,9 +230,7 @@ class Answerer:
         await end(_STATUS.get(final.get("finishReason", "stop"), "done"), final)
         yield Final(final)
 
-    async def _title(
-        self, record: ConversationRecord, model: str, question: str, result: dict[str, Any]
-    ) -> str:
+    async def _title(self, record: ConversationRecord, model: str, question: str) -> str:
         """The offline model's title now; a model's in the background (placeholder now)."""
         config = self.chat.router.get(model)
         if config is not None and config.provider == "offline":

@@ -3,16 +3,18 @@
 Reads come from a cache in front of the table (the process owns the file);
 a model change or usage is written at once, while ``last_activity`` alone is
 written at most once a minute per user, so a chat call costs no extra write.
+Operations run through the conversation store's runner (its writer thread).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import Connection
 
+from gateway.conversations.runner import DbRunner
 from gateway.conversations.schema import sessions
 from gateway.sessions.store import SessionData, StoreStats
 
@@ -21,49 +23,44 @@ __all__ = ["SqliteSessionStore"]
 ACTIVITY_WRITE_INTERVAL = 60.0
 
 
+def _session(m: Any) -> SessionData:
+    return SessionData(
+        user_id=m["user_id"],
+        current_model=m["current_model"],
+        created_at=m["created_at"],
+        last_activity=m["last_activity"],
+        prompt_tokens=m["prompt_tokens"],
+        completion_tokens=m["completion_tokens"],
+        requests=m["requests"],
+        cost=m["cost"],
+    )
+
+
 class SqliteSessionStore:
     """A SessionStore on the conversations database (table ``sessions``, migration 2)."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        max_cached: int = 100_000,
-        write_lock: asyncio.Lock | None = None,
-    ) -> None:
-        self._engine = engine
+    def __init__(self, runner: DbRunner, *, max_cached: int = 100_000) -> None:
+        self._runner = runner
         self._cache: dict[str, SessionData] = {}
         self._written_activity: dict[str, float] = {}
         self._max_cached = max_cached
-        # Shared with the conversation store: SQLite has one writer.
-        self._lock = write_lock or asyncio.Lock()
 
     async def _load(self, user_id: str) -> SessionData | None:
         session = self._cache.get(user_id)
         if session is not None:
             return session
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(sa.select(sessions).where(sessions.c.user_id == user_id))
-            ).first()
-        if row is None:
-            return None
-        m = row._mapping
-        session = SessionData(
-            user_id=user_id,
-            current_model=m["current_model"],
-            created_at=m["created_at"],
-            last_activity=m["last_activity"],
-            prompt_tokens=m["prompt_tokens"],
-            completion_tokens=m["completion_tokens"],
-            requests=m["requests"],
-            cost=m["cost"],
-        )
-        self._remember(session)
+
+        def op(conn: Connection) -> SessionData | None:
+            row = conn.execute(sa.select(sessions).where(sessions.c.user_id == user_id)).first()
+            return _session(row._mapping) if row is not None else None
+
+        session = await self._runner.run(op, write=False)
+        if session is not None:
+            self._remember(session)
         return session
 
     def _remember(self, session: SessionData) -> None:
-        if len(self._cache) >= self._max_cached:
+        if session.user_id not in self._cache and len(self._cache) >= self._max_cached:
             oldest = next(iter(self._cache))
             del self._cache[oldest]
             self._written_activity.pop(oldest, None)
@@ -80,12 +77,15 @@ class SqliteSessionStore:
             "requests": session.requests,
             "cost": session.cost,
         }
-        async with self._lock, self._engine.begin() as conn:
-            result = await conn.execute(
+
+        def op(conn: Connection) -> None:
+            result = conn.execute(
                 sessions.update().where(sessions.c.user_id == session.user_id).values(**values)
             )
             if result.rowcount == 0:
-                await conn.execute(sessions.insert().values(user_id=session.user_id, **values))
+                conn.execute(sessions.insert().values(user_id=session.user_id, **values))
+
+        await self._runner.run(op, write=True)
         self._written_activity[session.user_id] = session.last_activity
 
     async def touch(self, user_id: str, default_model: str, now: float) -> SessionData:
@@ -119,25 +119,19 @@ class SqliteSessionStore:
         await self._save(session)
 
     async def cleanup(self, older_than: float) -> int:
-        async with self._lock, self._engine.begin() as conn:
-            result = await conn.execute(
-                sessions.delete().where(sessions.c.last_activity < older_than)
-            )
+        stmt = sessions.delete().where(sessions.c.last_activity < older_than)
+        removed = await self._runner.run(
+            lambda conn: int(conn.execute(stmt).rowcount or 0), write=True
+        )
         for user_id in [u for u, s in self._cache.items() if s.last_activity < older_than]:
             del self._cache[user_id]
             self._written_activity.pop(user_id, None)
-        return int(result.rowcount or 0)
+        return removed
 
     async def stats(self, now: float) -> StoreStats:
         hour_ago = now - 3600
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(
-                        sessions.c.user_id, sessions.c.current_model, sessions.c.last_activity
-                    )
-                )
-            ).all()
+        stmt = sa.select(sessions.c.user_id, sessions.c.current_model, sessions.c.last_activity)
+        rows = await self._runner.run(lambda conn: conn.execute(stmt).all(), write=False)
         live = {r.user_id: (r.current_model, r.last_activity) for r in rows}
         for s in self._cache.values():
             live[s.user_id] = (s.current_model, s.last_activity)
@@ -148,18 +142,8 @@ class SqliteSessionStore:
         )
 
     async def sessions(self, limit: int) -> list[SessionData]:
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(sessions.c.user_id)
-                    .order_by(sessions.c.last_activity.desc())
-                    .limit(limit)
-                )
-            ).all()
-        out = []
-        for row in rows:
-            session = await self._load(row.user_id)
-            if session is not None:
-                out.append(session)
+        stmt = sa.select(sessions).order_by(sessions.c.last_activity.desc()).limit(limit)
+        rows = await self._runner.run(lambda conn: conn.execute(stmt).all(), write=False)
+        out = [self._cache.get(r.user_id) or _session(r._mapping) for r in rows]
         out.sort(key=lambda s: s.last_activity, reverse=True)
         return out
