@@ -191,7 +191,7 @@ async def bench_one(kind: str, url: str | None, data_dir: Path, total: int, samp
         auth=AuthConfig(api_keys={TOKEN: USER}),
         # The client calls back to back: the per-connection rate limit is not under test.
         limits=LimitsConfig(requests_per_second=1e6, request_burst=1_000_000),
-        conversations=ConversationsConfig(url=url, max_conversations_per_user=CONVERSATIONS + 10),
+        conversations=ConversationsConfig(url=url, max_conversations_per_user=CONVERSATIONS + 1000),
         data_dir=str(data_dir),
         default_model="offline-fast",
     )
