@@ -84,6 +84,8 @@ async def test_the_method_set_creates_lists_renames_pins_archives_forks_exports_
         assert await call_ok(c, "conversation.delete", {"conversationId": cid}) == {"deleted": True}
         gone = await c.call("conversation.get", {"conversationId": cid})
         assert gone["error"]["code"] == -32030
+        bad = await c.call("conversation.list", {"cursor": "not-a-cursor"})
+        assert bad["error"]["code"] == -32602
         bad = await c.call("conversation.create", {"params": {"temperature": 9}})
         assert bad["error"]["code"] == -32602
         bad = await c.call("conversation.export", {"conversationId": forked["id"], "format": "pdf"})

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.config import ConversationsConfig
 from gateway.context import current_user
+from gateway.conversations.sql import decode_cursor
 from gateway.conversations.store import ConversationRecord, ConversationStore, MessageRecord
 from gateway.conversations.tree import Tree
 from gateway.conversations.views import conversation_view, export, message_view
@@ -178,6 +179,8 @@ class ConversationModule(Module):
             raise InvalidParams(f"limit must be from 1 to {self.config.max_page_size}")
         if query is not None and len(query) > 500:
             raise InvalidParams("query is longer than 500 characters")
+        if cursor is not None and decode_cursor(cursor) is None:
+            raise InvalidParams("cursor is not one that conversation.list returned")
         page = await self.store.list_page(
             current_user().id,
             cursor=cursor,
