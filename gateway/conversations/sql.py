@@ -59,7 +59,11 @@ def _like(text: str) -> str:
 
 
 def _conversation(row: Row[Any]) -> ConversationRecord:
-    m = row._mapping
+    """A row of ``select(conversations)`` (columns in table order)."""
+    return _conversation_from(dict(zip(conversations.c.keys(), tuple(row), strict=True)))
+
+
+def _conversation_from(m: Any) -> ConversationRecord:
     return ConversationRecord(
         id=m["id"],
         user_id=m["user_id"],
@@ -78,7 +82,11 @@ def _conversation(row: Row[Any]) -> ConversationRecord:
 
 
 def _message(row: Row[Any]) -> MessageRecord:
-    m = row._mapping
+    """A row of ``select(messages)`` (columns in table order)."""
+    return _message_from(dict(zip(messages.c.keys(), tuple(row), strict=True)))
+
+
+def _message_from(m: Any) -> MessageRecord:
     return MessageRecord(
         id=m["id"],
         conversation_id=m["conversation_id"],
@@ -139,6 +147,37 @@ def _get(conn: Connection, user_id: str, conversation_id: str) -> ConversationRe
         )
     ).first()
     return _conversation(row) if row is not None else None
+
+
+_JOINED = sa.select(
+    *[col.label(f"c_{col.name}") for col in conversations.c],
+    *[col.label(f"m_{col.name}") for col in messages.c],
+).select_from(conversations.outerjoin(messages, messages.c.conversation_id == conversations.c.id))
+_NC = len(conversations.c)
+_M_NAMES = [col.name for col in messages.c]
+_C_NAMES = [col.name for col in conversations.c]
+
+
+def _load(
+    conn: Connection, user_id: str, conversation_id: str
+) -> tuple[ConversationRecord, list[MessageRecord]] | None:
+    """The conversation and its messages in one statement (one round trip)."""
+    rows = conn.execute(
+        _JOINED.where(
+            conversations.c.id == conversation_id, conversations.c.user_id == user_id
+        ).order_by(messages.c.seq)
+    ).all()
+    if not rows:
+        return None
+    # Positional access: a 200-message conversation is 6,000 values, and by-name lookups
+    # on rows cost several times more than indexing a tuple.
+    record = _conversation_from(dict(zip(_C_NAMES, tuple(rows[0])[:_NC], strict=True)))
+    found = [
+        _message_from(dict(zip(_M_NAMES, values[_NC:], strict=True)))
+        for values in map(tuple, rows)
+        if values[_NC] is not None
+    ]
+    return record, found
 
 
 def _rows(conn: Connection, conversation_id: str) -> list[MessageRecord]:
@@ -280,13 +319,9 @@ class SqlConversationStore:
     ) -> tuple[ConversationRecord, list[MessageRecord]] | None:
         """The conversation and its messages, read in one transaction."""
 
-        def op(conn: Connection) -> tuple[ConversationRecord, list[MessageRecord]] | None:
-            record = _get(conn, user_id, conversation_id)
-            if record is None:
-                return None
-            return record, _rows(conn, conversation_id)
-
-        return await self.runner.run(op, write=False)
+        return await self.runner.run(
+            lambda conn: _load(conn, user_id, conversation_id), write=False
+        )
 
     async def update(
         self, user_id: str, conversation_id: str, now: float, **fields: Any
@@ -420,10 +455,10 @@ class SqlConversationStore:
         transaction, so the answer's history is exactly what was stored."""
 
         def op(conn: Connection) -> AnswerStart | None:
-            record = _get(conn, user_id, conversation_id)
-            if record is None:
+            loaded = _load(conn, user_id, conversation_id)
+            if loaded is None:
                 return None
-            tree = Tree(_rows(conn, conversation_id))
+            record, tree = loaded[0], Tree(loaded[1])
             added = self._append(conn, user_id, conversation_id, plan(record, tree), now, node)
             if added is None:
                 return None
