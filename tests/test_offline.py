@@ -62,6 +62,8 @@ async def test_asked_for_code_the_model_streams_a_fenced_block_that_runs() -> No
     assert reply == compose_reply(request, model="m")
     assert "```python\n" in reply and reply.rstrip().endswith("```")
     assert "```" not in compose_reply(REQUEST, model="m")
+    quoted = ChatRequest(messages=(Message("user", "render `inline code` please"),))
+    assert "```" not in compose_reply(quoted, model="m")  # quoted, not asked for
     pieces = []
     async with asyncio.timeout(10):
         async for chunk in OfflineProvider(_model(0)).stream(request):

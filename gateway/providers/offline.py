@@ -26,8 +26,8 @@ _BODY = (
 
 
 _ASKS_FOR_CODE = re.compile(
-    r"\b(code|function|script|program|snippet|implement|class|regex|sql|query|python|"
-    r"javascript|typescript|js|bash|shell|rust)\b",
+    r"\b(code|function|script|program|snippet|implement|sql|python|"
+    r"javascript|typescript|js|bash|shell)\b",
     re.IGNORECASE,
 )
 _SAMPLES = {
@@ -72,8 +72,11 @@ _LANGUAGES = (
 
 
 def code_sample(question: str) -> str | None:
-    """A fenced code block when ``question`` asks for code, else None (deterministic)."""
-    if not _ASKS_FOR_CODE.search(question):
+    """A fenced code block when ``question`` asks for code, else None (deterministic).
+
+    Text in backticks is quoted, not asked for: "show `inline code`" gets no sample.
+    """
+    if not _ASKS_FOR_CODE.search(re.sub(r"`[^`]*`", " ", question)):
         return None
     lowered = set(re.findall(r"[a-z]+", question.lower()))
     language = next(lang for lang, names in _LANGUAGES if not names or lowered & set(names))
