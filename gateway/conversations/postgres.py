@@ -32,6 +32,8 @@ def postgres_runner(url: str, *, pool_size: int = 10) -> AsyncRunner:
         # No pre-ping (a round trip per checkout): a connection the server dropped fails
         # its statement, is discarded, and the next checkout opens a fresh one.
         pool_recycle=1800,
+        # The most recently used connection first: its server process is the one still warm.
+        pool_use_lifo=True,
         json_serializer=_dumps,
         json_deserializer=orjson.loads,
     )

@@ -130,9 +130,24 @@ class Answerer:
                 )
                 return rows
 
-            started = await shielded(
+            task = asyncio.ensure_future(
                 self.store.start_answer(user.id, conversation_id, plan, time.time(), node=self.node)
             )
+            try:
+                started = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # Cancelled while the messages were being stored: the write goes through,
+                # and the answer that never started is stored as unfinished, not streaming.
+                await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is None and task.result():
+                    await self.store.finish_message(
+                        task.result().added[-1].id,
+                        content="",
+                        status="unfinished",
+                        now=time.time(),
+                        finish_reason="cancelled",
+                    )
+                raise
             if started is None:
                 raise ConversationNotFound(data={"conversationId": conversation_id})
             record, tree, added = started.record, started.tree, started.added
