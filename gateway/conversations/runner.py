@@ -84,8 +84,9 @@ class ThreadRunner:
 class AsyncRunner:
     """An async engine (asyncpg); each operation is one transaction via ``run_sync``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, autocommit: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.autocommit = autocommit
         self.dialect = engine.dialect.name
         self.embedded = False
 
@@ -96,9 +97,14 @@ class AsyncRunner:
         # Reads and one-statement writes skip BEGIN and COMMIT/ROLLBACK (two round trips):
         # a statement is atomic alone, and under READ COMMITTED each statement has its own
         # snapshot inside a transaction too, so nothing is lost.
+        if self.autocommit is not None:
+            async with self.autocommit.connect() as conn:
+                return await conn.run_sync(fn)
         async with self.engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
             return await auto.run_sync(fn)
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.autocommit is not None:
+            await self.autocommit.dispose()

@@ -451,8 +451,17 @@ class SqlConversationStore:
     async def start_answer(
         self, user_id: str, conversation_id: str, plan: Plan, now: float, *, node: str | None
     ) -> AnswerStart | None:
-        """Read the conversation, let ``plan`` choose the messages, append them: one
-        transaction, so the answer's history is exactly what was stored."""
+        """Read the conversation, let ``plan`` choose the messages, append them.
+
+        SQLite: one transaction on the writer thread, so the answer's history is exactly
+        what was stored. PostgreSQL: two statements and no BEGIN/COMMIT (two round trips
+        instead of five): the read, then one statement that checks owner and limit,
+        reserves the sequence numbers, moves the active leaf and inserts. A concurrent
+        append from another process in between makes the new messages a sibling branch,
+        never a lost or duplicated message.
+        """
+        if self._postgres:
+            return await self._start_answer_pg(user_id, conversation_id, plan, now, node)
 
         def op(conn: Connection) -> AnswerStart | None:
             loaded = _load(conn, user_id, conversation_id)
@@ -465,6 +474,94 @@ class SqlConversationStore:
             return AnswerStart(record, tree, added)
 
         return await self.runner.run(op, write=True)
+
+    async def _start_answer_pg(
+        self, user_id: str, conversation_id: str, plan: Plan, now: float, node: str | None
+    ) -> AnswerStart | None:
+        loaded = await self.runner.run(
+            lambda conn: _load(conn, user_id, conversation_id), write=False
+        )
+        if loaded is None:
+            return None
+        record, tree = loaded[0], Tree(loaded[1])
+        new = plan(record, tree)
+        ids = [new_id() for _ in new]
+        records = []
+        previous: str | None = None
+        for i, item in enumerate(new):
+            records.append(
+                MessageRecord(
+                    id=ids[i],
+                    conversation_id=conversation_id,
+                    parent_id=previous if item.parent == "@prev" else item.parent,
+                    seq=i,  # made absolute below, from what the statement returns
+                    role=item.role,
+                    content=item.content,
+                    status=item.status,
+                    model=item.model,
+                    stream_id=item.stream_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            previous = ids[i]
+        rows = []
+        params: dict[str, Any] = {
+            "cid": conversation_id,
+            "uid": user_id,
+            "n": len(records),
+            "most": self.limits.messages_per_conversation,
+            "now": now,
+            "leaf": ids[-1],
+        }
+        for i, r in enumerate(records):
+            rows.append(
+                f"(CAST(:id{i} AS VARCHAR), CAST(:parent{i} AS VARCHAR), {i}, "
+                f"CAST(:role{i} AS VARCHAR), CAST(:content{i} AS TEXT), "
+                f"CAST(:status{i} AS VARCHAR), CAST(:model{i} AS VARCHAR), "
+                f"CAST(:stream{i} AS VARCHAR), CAST(:node{i} AS VARCHAR))"
+            )
+            params.update(
+                {
+                    f"id{i}": r.id,
+                    f"parent{i}": r.parent_id,
+                    f"role{i}": r.role,
+                    f"content{i}": r.content,
+                    f"status{i}": r.status,
+                    f"model{i}": r.model,
+                    f"stream{i}": r.stream_id,
+                    f"node{i}": node if r.status == "streaming" else None,
+                }
+            )
+        statement = sa.text(
+            "WITH u AS (UPDATE conversations SET message_count = message_count + :n,"
+            " updated_at = :now, active_leaf_id = :leaf"
+            " WHERE id = :cid AND user_id = :uid AND message_count + :n <= :most"
+            " RETURNING message_count)"
+            " INSERT INTO messages (id, conversation_id, parent_id, seq, role, content, status,"
+            " model, stream_id, created_at, updated_at, node)"
+            " SELECT v.id, :cid, v.parent_id, u.message_count - :n + v.i, v.role, v.content,"
+            " v.status, v.model, v.stream_id, :now, :now, v.node"
+            f" FROM u, (VALUES {', '.join(rows)})"
+            " AS v(id, parent_id, i, role, content, status, model, stream_id, node)"
+            " RETURNING id, seq"
+        )
+
+        def op(conn: Connection) -> dict[str, int]:
+            return {row[0]: row[1] for row in conn.execute(statement, params)}
+
+        seqs = await self.runner.run(op, write=True, single=True)
+        if not seqs:
+            if await self.get(user_id, conversation_id) is None:
+                return None
+            most = self.limits.messages_per_conversation
+            raise ConversationLimit(
+                f"This conversation already holds {most} messages; start a new one",
+                {"limit": "messagesPerConversation", "max": most},
+            )
+        for r in records:
+            r.seq = seqs[r.id]
+        return AnswerStart(record, tree, records)
 
     async def finish_message(
         self,
