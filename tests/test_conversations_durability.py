@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +123,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _serve(env: dict[str, str], port: int) -> tuple[subprocess.Popen[str], str]:
+async def _serve(env: dict[str, str], port: int, *args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -148,7 +147,8 @@ def _env(backend: Backend, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     if backend.url:
         env["GATEWAY_CONVERSATIONS_URL"] = backend.url
-    env["GATEWAY_DATA_DIR"] = backend.data_dir or ""
+    if backend.data_dir:
+        env["GATEWAY_DATA_DIR"] = backend.data_dir
     return {**env, "GATEWAY_NODE_ID": "durability-test", **extra}
 
 
@@ -201,11 +201,12 @@ async def test_sigkill_mid_answer_leaves_the_answer_interrupted_after_restart(
 async def test_a_restart_of_the_embedded_default_keeps_conversations_model_and_sign_in(
     tmp_path: Path,
 ) -> None:
-    """No config, one data dir: after a restart the old token, conversations and model stay."""
-    backend = Backend("sqlite", data_dir=str(tmp_path / "data"))
-    env = _env(backend)
+    """No config, the data dir scripts/serve passes: after a restart the old token,
+    conversations and model choice stay."""
+    env = _env(Backend("sqlite"))
+    serve_args = ("--default-data-dir", str(tmp_path / "data"))  # what scripts/serve passes
     port = _free_port()
-    proc, out = await _serve(env, port)
+    proc, out = await _serve(env, port, *serve_args)
     try:
         found = re.search(r"#token=(\S+)", out)
         assert found
@@ -221,8 +222,7 @@ async def test_a_restart_of_the_embedded_default_keeps_conversations_model_and_s
     secret = tmp_path / "data" / "jwt-secret"
     assert secret.stat().st_mode & 0o777 == 0o600
     first_secret = secret.read_text()
-    time.sleep(0.01)
-    proc, _ = await _serve(env, port)
+    proc, _ = await _serve(env, port, *serve_args)
     try:
         c = await _client(port, token)  # the token minted by the first run
         assert (await call_ok(c, "auth.whoami"))["user"]["id"] == "local"
