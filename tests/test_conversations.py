@@ -165,10 +165,14 @@ async def test_cancel_and_disconnect_keep_the_partial_answer_as_unfinished(
                         )
                 elif frame.get("id") == rid:
                     break
-            assert frame["result"]["finishReason"] == "cancelled"
+            result = frame["result"]
+            assert result["finishReason"] == "cancelled"
+            assert result["usage"]["completionTokens"] > 0  # the chat stream's own report
             got = await call_ok(c, "conversation.get", {"conversationId": cid})
             answer = got["messages"][-1]
+            assert answer["id"] == result["assistantMessageId"]
             assert answer["status"] == "unfinished" and answer["content"] == seen
+            assert answer["finishReason"] == "cancelled" and answer["usage"] == result["usage"]
             cid2 = (await call_ok(c, "conversation.create", {}))["id"]
             await c.request("conversation.send", {"conversationId": cid2, "message": "bye"})
             frame = await c.recv()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,17 +23,19 @@ from gateway.conversations.migrations import current_version, migrate
 from gateway.conversations.runner import DbRunner
 from gateway.conversations.schema import conversations, messages, user_settings
 from gateway.conversations.store import (
+    AnswerStart,
     ConversationRecord,
     MessageRecord,
     NewMessage,
     Page,
+    Plan,
     StoreLimits,
     UserSettings,
 )
 from gateway.conversations.tree import Tree
 from gateway.errors import ConversationLimit
 
-__all__ = ["AnswerStart", "SqlConversationStore", "new_id"]
+__all__ = ["SqlConversationStore", "new_id"]
 
 PLACEHOLDER_TITLE = "New conversation"
 _UPDATABLE = {
@@ -123,21 +124,6 @@ def decode_cursor(cursor: str) -> tuple[bool, float, str] | None:
     ):
         return None
     return pinned, float(updated), ident
-
-
-class AnswerStart:
-    """What :meth:`SqlConversationStore.start_answer` read and wrote, in one transaction."""
-
-    __slots__ = ("added", "record", "tree")
-
-    def __init__(self, record: ConversationRecord, tree: Tree, added: list[MessageRecord]) -> None:
-        self.record = record
-        self.tree = tree
-        self.added = added
-
-
-Plan = Callable[[ConversationRecord, Tree], list[NewMessage]]
-"""Chooses the messages to append, given the conversation as stored (may raise)."""
 
 
 def _get(conn: Connection, user_id: str, conversation_id: str) -> ConversationRecord | None:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from gateway.conversations.tree import Tree
 
 __all__ = [
     "STATUSES",
+    "AnswerStart",
     "ConversationRecord",
     "ConversationStore",
     "MessageRecord",
     "NewMessage",
     "Page",
+    "Plan",
     "Status",
     "StoreLimits",
     "UserSettings",
@@ -100,6 +105,20 @@ class NewMessage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class AnswerStart:
+    """What :meth:`ConversationStore.start_answer` read and wrote."""
+
+    record: ConversationRecord
+    """The conversation as it was before the new messages."""
+    tree: Tree
+    added: list[MessageRecord]
+
+
+Plan = Callable[[ConversationRecord, "Tree"], list[NewMessage]]
+"""Chooses the messages to append, given the conversation as stored (may raise)."""
+
+
 class ConversationStore(Protocol):
     """Where conversations live (SQLite or PostgreSQL, see :mod:`gateway.conversations`)."""
 
@@ -172,13 +191,13 @@ class ConversationStore(Protocol):
         self,
         user_id: str,
         conversation_id: str,
-        plan: Callable[[ConversationRecord, Any], list[NewMessage]],
+        plan: Plan,
         now: float,
         *,
         node: str | None,
-    ) -> Any:
-        """Read the conversation and its tree, append what ``plan(record, tree)`` returns, in one
-        transaction; an :class:`~gateway.conversations.sql.AnswerStart` (None: not found)."""
+    ) -> AnswerStart | None:
+        """Read the conversation and its tree, append what ``plan(record, tree)`` returns
+        (None: not found). The answer's history is the tree that was read."""
         ...
 
     async def finish_message(

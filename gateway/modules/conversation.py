@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from gateway.config import ConversationsConfig
@@ -25,7 +25,7 @@ from gateway.errors import ConversationNotFound, InvalidParams, MessageNotFound
 from gateway.jsonrpc.registry import Final
 from gateway.modules.base import Module, exposed
 from gateway.modules.chat import ChatModule
-from gateway.modules.conversation_answer import Answerer, Turn
+from gateway.modules.conversation_answer import Answerer, Turn, relayed
 from gateway.modules.conversation_titles import MAX_TITLE_CHARS
 
 __all__ = ["ConversationModule", "check_params"]
@@ -275,21 +275,24 @@ class ConversationModule(Module):
 
     # Streaming answers
 
+    # Streaming methods return their stream and @relayed serves it, passing a cancel on.
+
     @exposed("send")
-    async def send(self, conversationId: str, message: str) -> AsyncIterator[str | Final]:
+    @relayed
+    async def send(self, conversationId: str, message: str) -> AsyncGenerator[str | Final, None]:
         """Stream an answer to ``message``, appended to the active branch."""
         question = self.chat._message(message).content
 
         def choose(record: ConversationRecord, tree: Tree) -> Turn:
             return Turn(record.active_leaf_id, question, new=True)
 
-        async for piece in self.answers.answer(conversationId, choose):
-            yield piece
+        return await self.answers.open(conversationId, choose)
 
     @exposed("edit")
+    @relayed
     async def edit(
         self, conversationId: str, messageId: str, message: str
-    ) -> AsyncIterator[str | Final]:
+    ) -> AsyncGenerator[str | Final, None]:
         """A new version of user message ``messageId`` (a sibling) and a new answer to it."""
         question = self.chat._message(message).content
 
@@ -302,11 +305,13 @@ class ConversationModule(Module):
                 )
             return Turn(target.parent_id, question, new=True)
 
-        async for piece in self.answers.answer(conversationId, choose):
-            yield piece
+        return await self.answers.open(conversationId, choose)
 
     @exposed("regenerate")
-    async def regenerate(self, conversationId: str, messageId: str) -> AsyncIterator[str | Final]:
+    @relayed
+    async def regenerate(
+        self, conversationId: str, messageId: str
+    ) -> AsyncGenerator[str | Final, None]:
         """Another answer to the question of assistant message ``messageId`` (a sibling)."""
 
         def choose(record: ConversationRecord, tree: Tree) -> Turn:
@@ -319,8 +324,7 @@ class ConversationModule(Module):
                 )
             return Turn(parent.id, parent.content, new=False)
 
-        async for piece in self.answers.answer(conversationId, choose):
-            yield piece
+        return await self.answers.open(conversationId, choose)
 
     # Lifecycle (called by the server)
 

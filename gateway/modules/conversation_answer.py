@@ -11,9 +11,10 @@ final result are exactly those of ``chat.chatWithHistory``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ from gateway.modules.chat import DEFAULT_SYSTEM_PROMPT, ChatModule
 from gateway.modules.conversation_titles import fallback_title, generate_title
 from gateway.providers.base import Message
 
-__all__ = ["Answerer", "Turn", "shielded"]
+__all__ = ["Answerer", "Turn", "relayed", "shielded"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,44 @@ async def shielded(aw: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait([task])
         raise
+
+
+def relayed(
+    fn: Callable[..., Awaitable[AsyncGenerator[Any, None]]],
+) -> Callable[..., AsyncGenerator[Any, None]]:
+    """Make ``fn`` (a coroutine that returns a stream) a streaming method.
+
+    The wrapper yields what the stream yields, and a cancel the session throws in at the
+    wrapper's yield is thrown into the stream at its own, whose reply (its final result)
+    is yielded on: ``async for`` alone would leave the stream parked, to be closed later
+    by the garbage collector, and the result would lose its usage and ids.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        agen = await fn(*args, **kwargs)
+        try:
+            try:
+                item = await agen.__anext__()
+            except StopAsyncIteration:
+                return
+            while True:
+                try:
+                    yield item
+                except asyncio.CancelledError:
+                    try:
+                        item = await agen.athrow(asyncio.CancelledError())
+                    except StopAsyncIteration:
+                        return
+                    continue
+                try:
+                    item = await agen.__anext__()
+                except StopAsyncIteration:
+                    return
+        finally:
+            await agen.aclose()
+
+    return wrapper
 
 
 class Answerer:
@@ -96,11 +135,14 @@ class Answerer:
         kept.reverse()
         return kept, len(turns) - len(kept)
 
-    async def answer(
+    async def open(
         self, conversation_id: str, choose: Callable[[ConversationRecord, Tree], Turn]
-    ) -> AsyncIterator[str | Final]:
-        """Stream an answer in ``conversation_id``; ``choose`` picks, from the conversation as
-        stored, where the new messages go (it may raise, e.g. MessageNotFound)."""
+    ) -> AsyncGenerator[str | Final, None]:
+        """Store the question and the answer's placeholder, then return the answer's stream.
+
+        ``choose`` picks, from the conversation as stored, where the new messages go (it
+        may raise, e.g. MessageNotFound). Serve the stream through :func:`relayed`.
+        """
         user = current_user()
         if conversation_id in self._busy:
             raise ConversationBusy(data={"conversationId": conversation_id})
@@ -139,9 +181,10 @@ class Answerer:
                 # Cancelled while the messages were being stored: the write goes through,
                 # and the answer that never started is stored as unfinished, not streaming.
                 await asyncio.wait([task])
-                if not task.cancelled() and task.exception() is None and task.result():
+                done = None if task.cancelled() or task.exception() else task.result()
+                if done is not None:
                     await self.store.finish_message(
-                        task.result().added[-1].id,
+                        done.added[-1].id,
                         content="",
                         status="unfinished",
                         now=time.time(),
@@ -152,7 +195,6 @@ class Answerer:
                 raise ConversationNotFound(data={"conversationId": conversation_id})
             record, tree, added = started.record, started.tree, started.added
             turn: Turn = chosen["turn"]
-            model: str = chosen["model"]
             history_leaf = (
                 turn.parent_id if turn.new else tree.by_id[turn.parent_id or ""].parent_id
             )
@@ -163,28 +205,23 @@ class Answerer:
                 "assistantMessageId": added[-1].id,
                 "streamId": stream_id,
             }
-            pieces = self._stream(record, added[-1].id, model, turn.question, history, ids)
-            async for piece in pieces:
-                if isinstance(piece, Final):
-                    result = {**piece.result, **ids}
-                    result["droppedTurns"] = result.get("droppedTurns", 0) + left_out
-                    if record.message_count == 0 and record.title_auto:
-                        result["title"] = await self._title(record, model, turn.question)
-                    yield Final(result)
-                    return
-                yield piece
-        finally:
+        except BaseException:
             self._busy.discard(conversation_id)
+            raise
+        return self._stream(record, chosen["model"], turn.question, history, ids, left_out)
 
     async def _stream(
         self,
         record: ConversationRecord,
-        message_id: str,
         model: str,
         question: str,
         history: list[Message],
         ids: dict[str, Any],
-    ) -> AsyncIterator[str | Final]:
+        left_out: int,
+    ) -> AsyncGenerator[str | Final, None]:
+        """The chat module's stream for this answer, stored once it ends; the result gets the
+        ids. A cancel thrown in at a yield is passed on to the chat stream, which reports
+        what it produced (``async for`` alone would leave it parked)."""
         params = record.params
         inner: AsyncGenerator[str | Final, None] = self.chat._chat(  # type: ignore[assignment]
             Message("user", question),
@@ -201,16 +238,15 @@ class Answerer:
         async def end(status: str, result: dict[str, Any]) -> None:
             nonlocal ended
             ended = True
-            stored = {k: v for k, v in result.items() if k not in ids}
             await shielded(
                 self.store.finish_message(
-                    message_id,
+                    ids["assistantMessageId"],
                     content="".join(parts),
                     status=status,
                     now=time.time(),
                     usage=result.get("usage"),
                     finish_reason=result.get("finishReason"),
-                    result=stored or None,
+                    result=result,
                 )
             )
 
@@ -236,14 +272,19 @@ class Answerer:
             except GatewayError as exc:
                 await end("error", {"finishReason": "error", "error": exc.to_error()})
                 raise
+            assert final is not None
+            await end(_STATUS.get(final.get("finishReason", "stop"), "done"), final)
+            result = {**final, **ids}
+            result["droppedTurns"] = result.get("droppedTurns", 0) + left_out
+            if record.message_count == 0 and record.title_auto:
+                result["title"] = await self._title(record, model, question)
         finally:
+            self._busy.discard(record.id)
             await inner.aclose()
-            if not ended and final is None:
+            if not ended:
                 # The connection went away mid-answer: keep what was written.
                 await end("unfinished", {"finishReason": "cancelled"})
-        assert final is not None
-        await end(_STATUS.get(final.get("finishReason", "stop"), "done"), final)
-        yield Final(final)
+        yield Final(result)
 
     async def _title(self, record: ConversationRecord, model: str, question: str) -> str:
         """The offline model's title now; a model's in the background (placeholder now)."""
