@@ -12,6 +12,7 @@ one per delta.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from typing import Any
 
@@ -140,8 +141,13 @@ _JOINED = sa.select(
     *[col.label(f"m_{col.name}") for col in messages.c],
 ).select_from(conversations.outerjoin(messages, messages.c.conversation_id == conversations.c.id))
 _NC = len(conversations.c)
-_M_NAMES = [col.name for col in messages.c]
-_C_NAMES = [col.name for col in conversations.c]
+_M_FIELDS = [f.name for f in dataclasses.fields(MessageRecord)]
+_NM = len(_M_FIELDS)
+# Records are built by position from joined rows: their fields follow the table's columns.
+assert [col.name for col in conversations.c] == [
+    f.name for f in dataclasses.fields(ConversationRecord)
+]
+assert [col.name for col in messages.c][:_NM] == _M_FIELDS
 
 
 def _load(
@@ -155,14 +161,12 @@ def _load(
     ).all()
     if not rows:
         return None
-    # Positional access: a 200-message conversation is 6,000 values, and by-name lookups
-    # on rows cost several times more than indexing a tuple.
-    record = _conversation_from(dict(zip(_C_NAMES, tuple(rows[0])[:_NC], strict=True)))
-    found = [
-        _message_from(dict(zip(_M_NAMES, values[_NC:], strict=True)))
-        for values in map(tuple, rows)
-        if values[_NC] is not None
-    ]
+    # Positional construction: a 200-message conversation is 6,000 values, and building
+    # them by column name cost more than the query.
+    record = ConversationRecord(*tuple(rows[0])[:_NC])
+    record.params = dict(record.params or {})
+    end = _NC + _NM
+    found = [MessageRecord(*values[_NC:end]) for values in map(tuple, rows) if values[_NC]]
     return record, found
 
 
