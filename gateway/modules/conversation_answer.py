@@ -24,7 +24,7 @@ from gateway.conversations.sql import new_id
 from gateway.conversations.store import ConversationRecord, ConversationStore, NewMessage
 from gateway.conversations.tree import Tree
 from gateway.errors import ConversationBusy, ConversationNotFound, GatewayError
-from gateway.jsonrpc.registry import Final
+from gateway.jsonrpc.registry import Final, Reasoning
 from gateway.modules.chat import DEFAULT_SYSTEM_PROMPT, ChatModule
 from gateway.modules.conversation_titles import fallback_title, generate_title
 from gateway.providers.base import Message
@@ -229,6 +229,7 @@ class Answerer:
             system=record.system_prompt or DEFAULT_SYSTEM_PROMPT,
             temperature=params.get("temperature"),
             max_tokens=params.get("maxTokens"),
+            reasoning=True,
             model=model,
         )
         parts: list[str] = []
@@ -256,7 +257,8 @@ class Answerer:
                     if isinstance(piece, Final):
                         final = piece.result
                         break
-                    parts.append(piece)
+                    if not isinstance(piece, Reasoning):  # reasoning streams, is not stored
+                        parts.append(piece)
                     yield piece
             except asyncio.CancelledError:
                 # rpc.cancel thrown in at our yield: the chat stream reports what it produced.

@@ -58,8 +58,9 @@ async def generate_title(
         async with asyncio.timeout(timeout):
             stream = router.open(model, request)
             try:
-                async for text in stream:
-                    parts.append(text)
+                async for chunk in stream:
+                    if chunk.text:
+                        parts.append(chunk.text)
             finally:
                 await stream.aclose()
     except Exception as exc:
