@@ -49,21 +49,15 @@ def _serve(args: argparse.Namespace) -> int:
         print("gateway: --workers must be at least 1", file=sys.stderr)
         return 2
     if args.workers > 1:
-        if not config.conversations.url:
+        if data_dir is not None and not config.conversations.url:
             print(
-                f"gateway: --workers {args.workers} needs conversations in PostgreSQL "
-                '([conversations] url = "postgresql://..." or GATEWAY_CONVERSATIONS_URL): '
-                "SQLite serves one process",
+                f"gateway: --workers {args.workers} with a data directory needs conversations "
+                'in PostgreSQL ([conversations] url = "postgresql://..." or '
+                "GATEWAY_CONVERSATIONS_URL): SQLite serves one process",
                 file=sys.stderr,
             )
             return 2
         return _supervise(args, config)
-    if data_dir is None and not config.conversations.url:
-        logging.getLogger("gateway").warning(
-            "no data directory: conversations and sessions are kept in memory only "
-            "(pass --data-dir %s to keep them across restarts)",
-            DEFAULT_DATA_DIR,
-        )
     try:
         asyncio.run(Gateway(config).run_until_signalled())
     except StoreUnavailable as exc:

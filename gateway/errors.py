@@ -202,6 +202,8 @@ class BudgetExceeded(GatewayError):
 class StoreUnavailable(GatewayError):
     code = ErrorCode.STORE_UNAVAILABLE
     default_message = "Shared state is unavailable; retry shortly"
+
+
 class ConversationNotFound(GatewayError):
     code = ErrorCode.CONVERSATION_NOT_FOUND
     default_message = "Conversation not found"
