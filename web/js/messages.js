@@ -1,0 +1,216 @@
+// The message list: one <li> per message, assistant answers rendered as they stream, their
+// meta line (usage, finish note, copy) and error boxes; follows the answer while the person
+// has not scrolled up.
+
+import { renderContent } from "./render.js";
+
+const STICK_THRESHOLD_PX = 48;
+
+const els = {
+  scroller: document.getElementById("scroller"),
+  emptyState: document.getElementById("empty-state"),
+  list: document.getElementById("messages"),
+  jump: document.getElementById("jump"),
+};
+
+/** Messages shown, oldest first: {role, content, el, bodyEl, status, usage, error, ...}. */
+export const shown = [];
+let stick = true;
+const hooks = { retry: () => {}, changed: () => {} };
+
+/** `retry()` when a Retry button is pressed; `changed()` after the list changed. */
+export function setHooks(h) { Object.assign(hooks, h); }
+
+export function isEmpty() { return shown.length === 0; }
+export function last() { return shown[shown.length - 1]; }
+
+export function add(role, content = "") {
+  const li = document.createElement("li");
+  li.className = `message ${role}`;
+  li.dataset.testid = `message-${role}`;
+  const label = document.createElement("div");
+  label.className = "message-role";
+  label.textContent = role === "user" ? "You" : "Assistant";
+  const body = document.createElement("div");
+  body.className = "message-body";
+  li.append(label, body);
+  const msg = { role, content, el: li, bodyEl: body, status: "done", usage: null, error: null };
+  if (role === "user") renderContent(body, content, { markdown: false });
+  els.list.append(li);
+  shown.push(msg);
+  els.emptyState.hidden = true;
+  hooks.changed();
+  return msg;
+}
+
+/** Remove the messages from index `from` on. */
+export function truncate(from) {
+  for (const m of shown.splice(from)) m.el.remove();
+  els.emptyState.hidden = shown.length > 0;
+  hooks.changed();
+}
+
+export function clear() { truncate(0); }
+
+export function startStreaming(msg) {
+  msg.status = "streaming";
+  msg.el.classList.add("streaming");
+  msg.el.setAttribute("aria-busy", "true");
+  render(msg);
+  autoScroll(true);
+}
+
+export function stopStreaming(msg) {
+  msg.status = "done";
+  msg.el.removeAttribute("aria-busy");
+  msg.el.classList.remove("streaming");
+  flushRender();
+  render(msg);
+}
+
+function render(msg) {
+  renderContent(msg.bodyEl, msg.content, { markdown: true });
+  if (msg.status === "streaming") {
+    const caret = document.createElement("span");
+    caret.className = "caret";
+    caret.setAttribute("aria-hidden", "true");
+    const target = msg.bodyEl.lastElementChild && msg.bodyEl.classList.contains("markdown")
+      ? msg.bodyEl.lastElementChild : msg.bodyEl;
+    target.append(caret);
+  }
+}
+
+let renderQueued = new Set();
+let renderFrame = 0;
+export function scheduleRender(msg) {
+  renderQueued.add(msg);
+  if (renderFrame) return;
+  renderFrame = requestAnimationFrame(flushRender);
+  // Hidden tabs get no animation frames; keep the content current anyway.
+  if (document.hidden) setTimeout(flushRender, 100);
+}
+
+function flushRender() {
+  cancelAnimationFrame(renderFrame);
+  renderFrame = 0;
+  const queued = renderQueued;
+  renderQueued = new Set();
+  for (const msg of queued) render(msg);
+  if (queued.size) autoScroll();
+}
+
+function usageLine(msg) {
+  const u = msg.usage;
+  const usage = document.createElement("span");
+  usage.className = "usage";
+  usage.dataset.testid = "usage";
+  const parts = [];
+  if (msg.model) parts.push(msg.model);
+  if (u.totalTokens != null) parts.push(`${u.totalTokens} tokens`);
+  usage.textContent = parts.join(" · ");
+  const detail = [];
+  if (u.promptTokens != null) detail.push(`${u.promptTokens} in`);
+  if (u.completionTokens != null) detail.push(`${u.completionTokens} out`);
+  if (detail.length) {
+    const more = document.createElement("span");
+    more.className = "usage-detail";
+    more.textContent = ` (${detail.join(", ")})`;
+    usage.append(more);
+  }
+  const full = [];
+  if (u.promptTokens != null) full.push(`${u.promptTokens} prompt tokens`);
+  if (u.completionTokens != null) full.push(`${u.completionTokens} completion tokens`);
+  if (u.totalTokens != null) full.push(`${u.totalTokens} in total`);
+  if (u.source === "estimate") full.push("counted by the gateway (estimate)");
+  usage.title = full.join(", ");
+  return usage;
+}
+
+export function copyButton(label, getText) {
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "btn btn-ghost btn-tiny copy";
+  copy.textContent = "Copy";
+  copy.setAttribute("aria-label", label);
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(getText());
+      copy.textContent = "Copied";
+    } catch {
+      copy.textContent = "Copy failed";
+    }
+    setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+  });
+  return copy;
+}
+
+export function setMeta(msg) {
+  msg.el.querySelector(".message-meta")?.remove();
+  const meta = document.createElement("div");
+  meta.className = "message-meta";
+  if (msg.finishNote) {
+    const note = document.createElement("span");
+    note.className = "finish";
+    note.dataset.finish = msg.finishReason || "";
+    note.textContent = msg.finishNote;
+    meta.append(note);
+  }
+  if (msg.usage) meta.append(usageLine(msg));
+  if (msg.content) meta.append(copyButton("Copy answer", () => msg.content));
+  if (meta.childElementCount) msg.el.append(meta);
+}
+
+export function showError(msg, text, { retry = true } = {}) {
+  msg.el.querySelector(".error")?.remove();
+  const box = document.createElement("div");
+  box.className = "error";
+  box.dataset.testid = "error";
+  box.setAttribute("role", "alert");
+  const span = document.createElement("span");
+  span.textContent = text;
+  box.append(span);
+  if (retry) {
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "btn btn-ghost btn-tiny";
+    btn.textContent = "Retry";
+    btn.addEventListener("click", () => hooks.retry(msg));
+    box.append(btn);
+  }
+  msg.el.append(box);
+}
+
+export function plainPreview(msg) {
+  const text = (msg.bodyEl.textContent || msg.content).replace(/\s+/g, " ").trim();
+  return text.length > 600 ? `${text.slice(0, 600)}…` : text;
+}
+
+// ---------------------------------------------------------------------------
+// Scrolling: follow the answer unless the person scrolled up to read.
+
+function atBottom() {
+  const s = els.scroller;
+  return s.scrollHeight - s.scrollTop - s.clientHeight < STICK_THRESHOLD_PX;
+}
+
+export function autoScroll(force = false) {
+  if (force) stick = true;
+  if (stick) els.scroller.scrollTop = els.scroller.scrollHeight;
+  els.jump.hidden = stick || atBottom();
+}
+
+let lastScrollTop = 0;
+els.scroller.addEventListener("scroll", () => {
+  const top = els.scroller.scrollTop;
+  if (atBottom()) stick = true;
+  else if (top < lastScrollTop) stick = false; // moved up by the person
+  lastScrollTop = top;
+  els.jump.hidden = stick || atBottom();
+}, { passive: true });
+els.scroller.addEventListener("wheel", (ev) => {
+  if (ev.deltaY < 0) stick = false;
+}, { passive: true });
+els.jump.addEventListener("click", () => {
+  autoScroll(true);
+  document.getElementById("prompt").focus();
+});
