@@ -169,7 +169,8 @@ function startAnswer(text, history) {
   announce("Answering…");
   const { id, promise } = conn.call("chat.chatWithHistory", { message: text, history }, (delta) => {
     if (msg.status !== "streaming") return;
-    msg.content += String(delta.text ?? "");
+    if (typeof delta.reasoning === "string") msg.reasoning += delta.reasoning;
+    if (typeof delta.text === "string") msg.content += delta.text;
     messages.scheduleRender(msg);
   });
   state.streaming = { id, msg, cancelTimer: 0 };

@@ -3,6 +3,7 @@
 // has not scrolled up.
 
 import { renderContent } from "./render.js";
+import { copyButton } from "./ui.js";
 
 const STICK_THRESHOLD_PX = 48;
 
@@ -34,7 +35,7 @@ export function add(role, content = "") {
   const body = document.createElement("div");
   body.className = "message-body";
   li.append(label, body);
-  const msg = { role, content, el: li, bodyEl: body, status: "done", usage: null, error: null };
+  const msg = { role, content, reasoning: "", el: li, bodyEl: body, status: "done", usage: null, error: null };
   if (role === "user") renderContent(body, content, { markdown: false });
   els.list.append(li);
   shown.push(msg);
@@ -68,7 +69,26 @@ export function stopStreaming(msg) {
   render(msg);
 }
 
+/** The model's reasoning, collapsed above the answer and never mixed into it. */
+function renderReasoning(msg) {
+  if (!msg.reasoning) return;
+  let box = msg.el.querySelector(":scope > .reasoning");
+  if (!box) {
+    box = document.createElement("details");
+    box.className = "reasoning";
+    box.dataset.testid = "reasoning";
+    box.append(document.createElement("summary"), document.createElement("div"));
+    box.lastElementChild.className = "reasoning-body";
+    msg.bodyEl.before(box);
+  }
+  const thinking = msg.status === "streaming" && !msg.content;
+  box.firstElementChild.textContent = thinking ? "Reasoning…" : "Reasoning";
+  box.classList.toggle("thinking", thinking);
+  box.lastElementChild.textContent = msg.reasoning;
+}
+
 function render(msg) {
+  renderReasoning(msg);
   renderContent(msg.bodyEl, msg.content, { markdown: true });
   if (msg.status === "streaming") {
     const caret = document.createElement("span");
@@ -124,24 +144,6 @@ function usageLine(msg) {
   if (u.source === "estimate") full.push("counted by the gateway (estimate)");
   usage.title = full.join(", ");
   return usage;
-}
-
-export function copyButton(label, getText) {
-  const copy = document.createElement("button");
-  copy.type = "button";
-  copy.className = "btn btn-ghost btn-tiny copy";
-  copy.textContent = "Copy";
-  copy.setAttribute("aria-label", label);
-  copy.addEventListener("click", async () => {
-    try {
-      await navigator.clipboard.writeText(getText());
-      copy.textContent = "Copied";
-    } catch {
-      copy.textContent = "Copy failed";
-    }
-    setTimeout(() => { copy.textContent = "Copy"; }, 1500);
-  });
-  return copy;
 }
 
 export function setMeta(msg) {
