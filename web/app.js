@@ -1,16 +1,21 @@
-// Gateway chat page: wires the modules in js/ together. No build step: every file is an ES
-// module served as it is; markdown comes from window.marked + window.DOMPurify when loaded.
+// Gateway chat page: signs in, shows the connection, and wires the modules in js/ together.
+// No build step: every file is an ES module served as it is; markdown comes from
+// window.marked + window.DOMPurify when loaded, code highlighting from highlight.js.
 
+import * as chat from "./js/chat.js";
 import * as composer from "./js/composer.js";
 import { Connection } from "./js/connection.js";
-import { CLOSE_REASONS, describeError, isAuthError } from "./js/errors.js";
+import * as conversations from "./js/conversations.js";
+import { confirmAction } from "./js/dialog.js";
+import { describeError } from "./js/errors.js";
 import * as messages from "./js/messages.js";
 import * as models from "./js/models.js";
-import { markdownReady } from "./js/render.js";
-import { announce } from "./js/ui.js";
+import { highlighterReady, markdownReady } from "./js/render.js";
+import * as settings from "./js/settings.js";
+import { announce, showToastError } from "./js/ui.js";
 
+// In localStorage, so a new tab of this browser is signed in too; Sign out forgets it.
 const TOKEN_KEY = "gateway.token";
-const CANCEL_GRACE_MS = 5_000;
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -18,9 +23,11 @@ const els = {
   signInForm: $("sign-in-form"),
   signInMessage: $("sign-in-message"),
   tokenInput: $("token-input"),
-  chatView: $("chat-view"),
+  workspace: $("workspace"),
   chatControls: $("chat-controls"),
+  sidebarToggle: $("sidebar-toggle"),
   newChat: $("new-chat"),
+  settingsOpen: $("settings-open"),
   status: $("status"),
   statusText: $("status-text"),
   statusDetail: $("status-detail"),
@@ -38,21 +45,18 @@ const STATE_LABELS = {
   "signed-out": "Signed out",
 };
 
-const state = {
-  streaming: null, // {id, msg, cancelTimer}
-  user: null,
-};
-
 const conn = new Connection({
   state: (connState, text, detail) => showConnState(connState, text, detail),
   login: (result, again) => onLogin(result, again),
   signedOut: (message) => {
-    sessionStorage.removeItem(TOKEN_KEY);
-    if (state.streaming) finishStream(state.streaming.msg, { interrupted: true });
+    if (localStorage.getItem(TOKEN_KEY) === signedInWith) localStorage.removeItem(TOKEN_KEY);
+    signedInWith = null;
+    chat.abandon();
+    conversations.clear();
     showSignIn(message);
   },
 });
-models.attach(conn);
+let signedInWith = null;
 
 // ---------------------------------------------------------------------------
 // Connection state and sign-in
@@ -71,8 +75,9 @@ function showConnState(connState, text, detail = "") {
 
 function showSignIn(message) {
   els.signInView.hidden = false;
-  els.chatView.hidden = true;
+  els.workspace.hidden = true;
   els.chatControls.hidden = true;
+  els.sidebarToggle.hidden = true;
   els.signOut.hidden = true;
   els.userName.hidden = true;
   els.signInMessage.textContent = message || "";
@@ -83,172 +88,121 @@ function showSignIn(message) {
 
 function showChat() {
   els.signInView.hidden = true;
-  els.chatView.hidden = false;
+  els.workspace.hidden = false;
   els.chatControls.hidden = false;
+  els.sidebarToggle.hidden = false;
   els.signOut.hidden = false;
 }
 
-function onLogin(result, again) {
-  state.user = result?.user || null;
-  const name = state.user?.name || state.user?.id;
+async function onLogin(result, again) {
+  const user = result?.user || null;
+  const name = user?.name || user?.id;
   els.userName.textContent = name || "";
   els.userName.hidden = !name;
   showChat();
   updateControls();
   if (again) announce("Connected again.");
-  models.load();
   if (!again || document.activeElement === document.body) composer.focus();
+  await models.load();
+  conversations.refresh();
+  const wanted = chat.idFromHash();
+  if (wanted && wanted !== chat.currentId()) chat.open(wanted);
+  else if (again) chat.reload();
 }
 
 function signIn(token) {
-  sessionStorage.setItem(TOKEN_KEY, token);
+  localStorage.setItem(TOKEN_KEY, token);
+  signedInWith = token;
   conn.signIn(token);
+}
+
+async function askSignOut() {
+  const ok = await confirmAction({
+    heading: "Sign out?",
+    body: "This browser forgets your token (every tab of it is signed out). Your conversations stay on the gateway.",
+    confirm: "Sign out",
+  });
+  if (ok) conn.signOut();
 }
 
 function updateControls() {
   const ready = conn.ready;
-  const busy = !!state.streaming;
+  const busy = chat.busy();
   composer.update({ ready, busy, usable: ready || conn.everConnected });
   models.update({ ready });
   const last = messages.last();
   els.regenerate.hidden = !(last && last.role === "assistant" && !busy);
   els.regenerate.disabled = !ready;
-}
-
-// ---------------------------------------------------------------------------
-// Asking and answering
-
-function finishStream(msg, { result = null, error = null, interrupted = false } = {}) {
-  if (state.streaming && state.streaming.msg === msg) {
-    clearTimeout(state.streaming.cancelTimer);
-    conn.pending.delete(state.streaming.id);
-    state.streaming = null;
-  }
-  if (msg.status !== "streaming") return;
-  messages.stopStreaming(msg);
-  if (result) {
-    msg.usage = result.usage || null;
-    msg.model = result.model || null;
-    msg.finishReason = result.finishReason;
-    if (result.finishReason === "cancelled") msg.finishNote = "Stopped";
-    else if (result.finishReason === "length") msg.finishNote = "Cut off at the length limit";
-    else if (result.finishReason === "error") msg.finishNote = "Interrupted";
-    msg.el.dataset.finish = result.finishReason || "stop";
-  }
-  if (interrupted && !result) {
-    msg.finishReason = "cancelled";
-    msg.finishNote = "Stopped";
-    msg.el.dataset.finish = "cancelled";
-  }
-  messages.setMeta(msg);
-  if (result?.finishReason === "error" && result.error) {
-    messages.showError(msg, describeError(result.error));
-  }
-  if (error) {
-    msg.el.dataset.finish = "error";
-    msg.error = error;
-    messages.showError(msg, describeError(error), { retry: !isAuthError(error) });
-    if (!msg.content) msg.bodyEl.hidden = true;
-  }
-  if (error) announce(describeError(error));
-  else if (msg.content) announce(`Answer${msg.finishNote ? ` (${msg.finishNote.toLowerCase()})` : ""}: ${messages.plainPreview(msg)}`);
-  updateControls();
-  messages.autoScroll();
-}
-
-/** Previous turns as the gateway wants them: completed user/assistant messages with text. */
-function historyOf(list) {
-  return list
-    .filter((m) => (m.role === "user" || m.role === "assistant") && m.content && !m.error)
-    .map((m) => ({ role: m.role, content: m.content }));
-}
-
-function startAnswer(text, history) {
-  const msg = messages.add("assistant");
-  messages.startStreaming(msg);
-  announce("Answering…");
-  const { id, promise } = conn.call("chat.chatWithHistory", { message: text, history }, (delta) => {
-    if (msg.status !== "streaming") return;
-    if (typeof delta.reasoning === "string") msg.reasoning += delta.reasoning;
-    if (typeof delta.text === "string") msg.content += delta.text;
-    messages.scheduleRender(msg);
-  });
-  state.streaming = { id, msg, cancelTimer: 0 };
-  updateControls();
-  promise.then(
-    (result) => finishStream(msg, { result }),
-    (err) => {
-      if (msg.status !== "streaming") return;
-      if (err.code === "disconnected" && msg.content) {
-        finishStream(msg, { result: { finishReason: "error" } });
-        messages.showError(msg, describeError(err));
-      } else {
-        finishStream(msg, { error: err });
-      }
-      if (isAuthError(err)) conn.signOut(err.code === -32002 ? CLOSE_REASONS[4501] : CLOSE_REASONS[4500]);
-    },
-  );
-}
-
-function sendPrompt(text) {
-  if (!text.trim() || state.streaming || !conn.ready) return;
-  const history = historyOf(messages.shown);
-  messages.add("user", text);
-  composer.clear();
-  startAnswer(text, history);
-  composer.focus();
-}
-
-function stop() {
-  const s = state.streaming;
-  if (!s) return;
-  conn.notify("rpc.cancel", { id: s.id });
-  composer.stopping(); // enabled again by updateControls when the stream ends
-  // The gateway answers with finishReason "cancelled"; if that never comes, stop anyway.
-  s.cancelTimer = setTimeout(() => {
-    if (state.streaming === s) finishStream(s.msg, { interrupted: true });
-  }, CANCEL_GRACE_MS);
-  composer.focus();
-}
-
-function regenerate() {
-  if (state.streaming || !conn.ready) return;
-  // Drop the last answer (and any failed ones after the last question), ask again.
-  const shown = messages.shown;
-  let i = shown.length - 1;
-  while (i >= 0 && shown[i].role === "assistant") i -= 1;
-  if (i < 0) return;
-  const question = shown[i];
-  messages.truncate(i + 1);
-  startAnswer(question.content, historyOf(shown.slice(0, i)));
-}
-
-function newChat() {
-  if (state.streaming) {
-    const s = state.streaming;
-    conn.notify("rpc.cancel", { id: s.id });
-    finishStream(s.msg, { interrupted: true });
-  }
-  messages.clear();
-  composer.clear();
-  updateControls();
-  announce("New chat.");
-  composer.focus();
+  els.settingsOpen.disabled = !ready;
 }
 
 // ---------------------------------------------------------------------------
 // Wiring
 
-messages.setHooks({ retry: () => regenerate(), changed: () => updateControls() });
-composer.setHooks({ send: sendPrompt, stop, changed: () => updateControls() });
-els.regenerate.addEventListener("click", () => regenerate());
-els.newChat.addEventListener("click", () => newChat());
-els.signOut.addEventListener("click", () => conn.signOut());
+chat.attach(conn, updateControls);
+conversations.attach(conn);
+settings.attach(conn);
+models.attach(conn, {
+  chosen: async (name) => {
+    const conv = chat.state.conversation;
+    if (!conv || conv.model === name) return;
+    try {
+      chat.updated(await conn.rpc("conversation.update", { conversationId: conv.id, model: name }));
+    } catch (err) {
+      if (err.code !== "disconnected") showToastError(describeError(err));
+    }
+  },
+});
+models.setOwner(() => !!chat.state.conversation);
+messages.setHooks({
+  retry: (msg) => chat.regenerate(msg),
+  changed: () => updateControls(),
+  edit: (msg, text) => chat.edit(msg, text),
+  switchTo: (msg, id) => chat.switchTo(msg, id),
+});
+composer.setHooks({ send: (text) => chat.send(text), stop: () => chat.stop(), changed: () => updateControls() });
+conversations.setHooks({
+  open: (id) => chat.open(id),
+  deleted: (id) => { if (id === chat.currentId()) chat.newChat({ quiet: true }); },
+  changed: (conv) => { if (conv && conv.id === chat.currentId()) chat.updated(conv); },
+});
+settings.setHooks({ current: () => chat.state.conversation, updated: (conv) => chat.updated(conv) });
+
+els.regenerate.addEventListener("click", () => chat.regenerate());
+els.newChat.addEventListener("click", () => {
+  conversations.closeDrawer();
+  chat.newChat();
+});
+els.settingsOpen.addEventListener("click", () => settings.open());
+els.signOut.addEventListener("click", () => askSignOut());
 els.reconnectNow.addEventListener("click", () => conn.retryNow());
 window.addEventListener("online", () => {
   if (conn.token && (conn.connState === "reconnecting" || conn.connState === "disconnected")) {
     conn.connect();
   }
+});
+window.addEventListener("hashchange", () => {
+  const id = chat.idFromHash();
+  if (id && id !== chat.currentId()) chat.open(id);
+});
+
+// Another tab or device may have changed the conversations: look again on coming back.
+function onReturn() {
+  if (!conn.ready) return;
+  conversations.refresh();
+  chat.reload();
+}
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") onReturn();
+});
+window.addEventListener("focus", onReturn);
+
+// Signing in or out in another tab of this browser.
+window.addEventListener("storage", (ev) => {
+  if (ev.key !== TOKEN_KEY && ev.key !== null) return;
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (!token && conn.token) conn.signOut("You signed out in another tab.");
+  else if (token && !conn.token) signIn(token);
 });
 
 els.signInForm.addEventListener("submit", (ev) => {
@@ -278,13 +232,13 @@ function tokenFromFragment() {
 }
 
 function start() {
-  const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
+  const token = tokenFromFragment() || localStorage.getItem(TOKEN_KEY);
   updateControls();
   if (token) signIn(token);
   else showSignIn();
 }
 
 // Exposed for debugging in the console and for tests (read-only use).
-window.gatewayChat = { state, conn, markdownReady, describeError };
+window.gatewayChat = { conn, chat: chat.state, markdownReady, highlighterReady, describeError };
 
 start();

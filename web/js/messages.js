@@ -1,8 +1,10 @@
-// The message list: one <li> per message, assistant answers rendered as they stream, their
-// meta line (usage, finish note, copy) and error boxes; follows the answer while the person
-// has not scrolled up.
+// The message list: one <li> per message of the active branch, answers rendered as they
+// stream, their meta line (model, failover, usage, cost, copy), error boxes, a pager between
+// versions (‹ 2/3 ›) and editing of questions; follows the answer while the person has not
+// scrolled up.
 
 import { renderContent } from "./render.js";
+import { describeError } from "./errors.js";
 import { copyButton } from "./ui.js";
 
 const STICK_THRESHOLD_PX = 48;
@@ -17,12 +19,16 @@ const els = {
 /** Messages shown, oldest first: {role, content, el, bodyEl, status, usage, error, ...}. */
 export const shown = [];
 let stick = true;
-const hooks = { retry: () => {}, changed: () => {} };
+const hooks = { retry: () => {}, changed: () => {}, edit: () => {}, switchTo: () => {} };
 
-/** `retry()` when a Retry button is pressed; `changed()` after the list changed. */
+/** `retry(msg)` on a Retry button; `changed()` after the list changed; `edit(msg, text)` when an
+ * edited question is sent; `switchTo(msg, siblingId)` from a pager. */
 export function setHooks(h) { Object.assign(hooks, h); }
 
 export function isEmpty() { return shown.length === 0; }
+export const indexOf = (msg) => shown.indexOf(msg);
+/** Let nothing be edited or switched while an answer is written. */
+export function setBusy(busy) { els.list.classList.toggle("busy", busy); }
 export function last() { return shown[shown.length - 1]; }
 
 export function add(role, content = "") {
@@ -35,8 +41,14 @@ export function add(role, content = "") {
   const body = document.createElement("div");
   body.className = "message-body";
   li.append(label, body);
-  const msg = { role, content, reasoning: "", el: li, bodyEl: body, status: "done", usage: null, error: null };
-  if (role === "user") renderContent(body, content, { markdown: false });
+  const msg = {
+    id: null, role, content, reasoning: "", el: li, bodyEl: body, status: "done",
+    usage: null, error: null, siblingIds: [], siblingIndex: 0,
+  };
+  if (role === "user") {
+    renderContent(body, content, { markdown: false });
+    userTools(msg);
+  }
   els.list.append(li);
   shown.push(msg);
   els.emptyState.hidden = true;
@@ -53,12 +65,12 @@ export function truncate(from) {
 
 export function clear() { truncate(0); }
 
-export function startStreaming(msg) {
+export function startStreaming(msg, { scroll = true } = {}) {
   msg.status = "streaming";
   msg.el.classList.add("streaming");
   msg.el.setAttribute("aria-busy", "true");
   render(msg);
-  autoScroll(true);
+  if (scroll) autoScroll(true);
 }
 
 export function stopStreaming(msg) {
@@ -146,6 +158,167 @@ function usageLine(msg) {
   return usage;
 }
 
+const FINISH_NOTES = {
+  cancelled: "Stopped",
+  length: "Cut off at the length limit",
+  error: "Interrupted",
+  interrupted: "Interrupted: the gateway restarted while this was written",
+};
+
+/** Take an answer's final result (live or stored) into `msg` and show its meta line. */
+export function applyResult(msg, result, { requested = null } = {}) {
+  msg.usage = result.usage || null;
+  msg.model = result.model || null;
+  msg.requestedModel = requested;
+  msg.finishReason = result.finishReason || "stop";
+  msg.finishNote = FINISH_NOTES[msg.finishReason] || "";
+  msg.droppedTurns = result.droppedTurns || 0;
+  msg.cost = result.cost ?? result.usage?.cost ?? null;
+  msg.el.dataset.finish = msg.finishReason;
+  setMeta(msg);
+}
+
+const STATUS_FINISH = { unfinished: "cancelled", error: "error", interrupted: "interrupted" };
+
+/** Show the stored messages of a branch (root to leaf) instead of what is shown now. */
+export function showStored(list) {
+  const keepOpen = new Set(shown.filter((m) => m.el.querySelector(".reasoning[open]")).map((m) => m.id));
+  const top = els.scroller.scrollTop;
+  clear();
+  for (const s of list) {
+    if (s.role !== "user" && s.role !== "assistant") continue;
+    const msg = add(s.role, s.content);
+    setStored(msg, s);
+    if (s.role === "assistant") {
+      msg.reasoning = s.reasoning || s.result?.reasoning || "";
+      if (s.status === "streaming") {
+        startStreaming(msg, { scroll: false });
+        continue;
+      }
+      render(msg);
+      const result = { ...(s.result || {}), usage: s.usage ?? s.result?.usage };
+      result.finishReason = STATUS_FINISH[s.status] || s.finishReason || result.finishReason || "stop";
+      result.model = s.result?.model || s.model;
+      applyResult(msg, result, { requested: s.model || null });
+      if (s.status === "error" && s.result?.error) showError(msg, describeError(s.result.error));
+      if (keepOpen.has(msg.id)) msg.el.querySelector(".reasoning")?.setAttribute("open", "");
+    }
+  }
+  if (stick) autoScroll();
+  else els.scroller.scrollTop = top;
+}
+
+/** The stored identity of a shown message: id and its versions. */
+export function setStored(msg, s) {
+  msg.id = s.id;
+  msg.parentId = s.parentId ?? null;
+  msg.siblingIds = Array.isArray(s.siblingIds) ? s.siblingIds : [s.id];
+  msg.siblingIndex = Number.isInteger(s.siblingIndex) ? s.siblingIndex : msg.siblingIds.indexOf(s.id);
+  msg.el.dataset.id = s.id;
+  if (msg.role === "user") userTools(msg);
+  else setMeta(msg);
+}
+
+function pager(msg) {
+  const n = msg.siblingIds.length;
+  if (n < 2 || !msg.id) return null;
+  const i = msg.siblingIndex;
+  const box = document.createElement("span");
+  box.className = "pager";
+  box.dataset.testid = "pager";
+  const what = msg.role === "user" ? "question" : "answer";
+  const step = (label, aria, to) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "btn btn-ghost btn-tiny pager-step";
+    b.textContent = label;
+    b.setAttribute("aria-label", aria);
+    b.disabled = to < 0 || to >= n;
+    b.addEventListener("click", () => hooks.switchTo(msg, msg.siblingIds[to]));
+    return b;
+  };
+  const pos = document.createElement("span");
+  pos.className = "pager-pos";
+  pos.textContent = `${i + 1}/${n}`;
+  pos.setAttribute("aria-label", `Version ${i + 1} of ${n} of this ${what}`);
+  box.append(step("‹", `Previous version of this ${what}`, i - 1), pos, step("›", `Next version of this ${what}`, i + 1));
+  return box;
+}
+
+function userTools(msg) {
+  msg.el.querySelector(":scope > .message-tools")?.remove();
+  const tools = document.createElement("div");
+  tools.className = "message-tools";
+  const p = pager(msg);
+  if (p) tools.append(p);
+  if (msg.id) {
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "btn btn-ghost btn-tiny edit";
+    edit.dataset.testid = "edit";
+    edit.textContent = "Edit";
+    edit.setAttribute("aria-label", "Edit this question");
+    edit.addEventListener("click", () => startEdit(msg));
+    tools.append(edit);
+  }
+  if (tools.childElementCount) msg.el.append(tools);
+}
+
+function startEdit(msg) {
+  if (msg.el.querySelector(".edit-form")) return;
+  const form = document.createElement("form");
+  form.className = "edit-form";
+  const area = document.createElement("textarea");
+  area.value = msg.content;
+  area.rows = Math.min(8, Math.max(2, msg.content.split("\n").length));
+  area.dataset.testid = "edit-input";
+  area.setAttribute("aria-label", "Edited question");
+  const actions = document.createElement("div");
+  actions.className = "edit-actions";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "btn btn-ghost btn-small";
+  cancel.textContent = "Cancel";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "btn btn-primary btn-small";
+  save.dataset.testid = "edit-send";
+  save.textContent = "Send";
+  actions.append(cancel, save);
+  form.append(area, actions);
+  msg.bodyEl.hidden = true;
+  msg.el.querySelector(":scope > .message-tools").hidden = true;
+  msg.bodyEl.after(form);
+  const close = () => {
+    form.remove();
+    msg.bodyEl.hidden = false;
+    const tools = msg.el.querySelector(":scope > .message-tools");
+    if (tools) tools.hidden = false;
+  };
+  cancel.addEventListener("click", () => {
+    close();
+    msg.el.querySelector(".edit")?.focus();
+  });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = area.value;
+    if (!text.trim()) return;
+    close();
+    hooks.edit(msg, text);
+  });
+  area.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      form.requestSubmit();
+    } else if (ev.key === "Escape") {
+      ev.preventDefault();
+      cancel.click();
+    }
+  });
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+}
+
 export function setMeta(msg) {
   msg.el.querySelector(".message-meta")?.remove();
   const meta = document.createElement("div");
@@ -157,9 +330,41 @@ export function setMeta(msg) {
     note.textContent = msg.finishNote;
     meta.append(note);
   }
+  const p = pager(msg);
+  if (p) meta.append(p);
+  if (msg.requestedModel && msg.model && msg.requestedModel !== msg.model) {
+    const note = document.createElement("span");
+    note.className = "failover";
+    note.dataset.testid = "failover";
+    note.textContent = `Answered by ${msg.model}: ${msg.requestedModel} was unavailable`;
+    meta.append(note);
+  }
   if (msg.usage) meta.append(usageLine(msg));
+  if (msg.cost != null) {
+    const cost = document.createElement("span");
+    cost.className = "cost";
+    cost.dataset.testid = "cost";
+    cost.textContent = formatCost(msg.cost);
+    cost.title = "What this answer cost, by the prices the operator configured";
+    meta.append(cost);
+  }
+  if (msg.droppedTurns > 0) {
+    const dropped = document.createElement("span");
+    dropped.className = "dropped";
+    dropped.dataset.testid = "dropped";
+    const n = msg.droppedTurns;
+    dropped.textContent = `${n} earlier message${n === 1 ? "" : "s"} left out to fit the model's context`;
+    meta.append(dropped);
+  }
   if (msg.content) meta.append(copyButton("Copy answer", () => msg.content));
   if (meta.childElementCount) msg.el.append(meta);
+}
+
+function formatCost(usd) {
+  const n = Number(usd);
+  if (!Number.isFinite(n)) return "";
+  if (n === 0) return "$0";
+  return n < 0.01 ? `$${n.toPrecision(2)}` : `$${n.toFixed(2)}`;
 }
 
 export function showError(msg, text, { retry = true } = {}) {

@@ -1,14 +1,27 @@
-// The model picker. The choice lives in the person's gateway session, so it follows them
-// to other tabs; a tab coming back into view asks again.
+// The model picker. It shows the open conversation's model; a choice made here becomes the
+// person's choice in their gateway session too (so new chats and other tabs follow it), and
+// `hooks.chosen(name)` tells the open conversation. A tab coming back into view asks again.
 
 import { describeError } from "./errors.js";
 import { announce, showToastError } from "./ui.js";
 
 const select = document.getElementById("model-select");
 let conn = null;
-export const models = { list: [], current: null };
+/** `current`: shown in the picker; `session`: the choice in the person's gateway session. */
+export const models = { list: [], current: null, session: null };
+const hooks = { chosen: async () => {} };
 
-export function attach(connection) { conn = connection; }
+export function attach(connection, h) {
+  conn = connection;
+  Object.assign(hooks, h);
+}
+
+/** Show `name` in the picker without choosing it (the open conversation's model). */
+export function show(name) {
+  if (!name || name === models.current) return;
+  models.current = name;
+  fill();
+}
 
 function label(m) {
   return m.available === false ? `${m.name} (unavailable)` : m.name;
@@ -41,7 +54,8 @@ export async function load() {
       conn.rpc("chat.getCurrentModel"),
     ]);
     models.list = Array.isArray(list) ? list : [];
-    models.current = current?.name || models.list.find((m) => m.current)?.name || null;
+    models.session = current?.name || models.list.find((m) => m.current)?.name || null;
+    if (!models.current || !shownByConversation()) models.current = models.session;
     fill();
   } catch (err) {
     if (err.code === "disconnected") return;
@@ -51,11 +65,17 @@ export async function load() {
   update({ ready: conn.ready });
 }
 
+let shownByConversation = () => false;
+/** `fn()` tells whether a conversation decides what the picker shows. */
+export function setOwner(fn) { shownByConversation = fn; }
+
 async function refresh() {
   if (!conn?.ready) return;
   try {
     const current = await conn.rpc("chat.getCurrentModel");
-    if (current?.name && current.name !== models.current) {
+    if (!current?.name) return;
+    models.session = current.name;
+    if (!shownByConversation() && current.name !== models.current) {
       models.current = current.name;
       fill();
     }
@@ -69,8 +89,9 @@ select.addEventListener("change", async () => {
   select.disabled = true;
   try {
     await conn.rpc("chat.setModel", { modelName: name });
-    models.current = name;
+    models.current = models.session = name;
     fill();
+    await hooks.chosen(name);
     announce(`Model switched to ${name}.`);
   } catch (err) {
     if (previous) select.value = previous;
