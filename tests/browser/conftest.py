@@ -41,6 +41,8 @@ USERS = (
     "nora",
     "omar",
     "pia",
+    "quinn",
+    *(f"user{i:02d}" for i in range(40)),
 )
 API_KEYS = ",".join(f"{u}:tok-{u}" for u in USERS)
 START_TIMEOUT = 30.0
@@ -86,7 +88,13 @@ class GatewayProcess:
         self.starts += 1
         self.log_path = self.log_dir / f"gateway-{self.port}-{self.starts}.log"
         env = dict(os.environ)
-        env.update(GATEWAY_API_KEYS=API_KEYS, PYTHONUNBUFFERED="1")
+        # Conversations and sessions live in the test's own data directory (kept across a
+        # restart of the same GatewayProcess), never in the checkout's ./.gateway.
+        env.update(
+            GATEWAY_API_KEYS=API_KEYS,
+            GATEWAY_DATA_DIR=str(self.log_dir / "data"),
+            PYTHONUNBUFFERED="1",
+        )
         env.pop("GATEWAY_CONFIG", None)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
