@@ -10,6 +10,7 @@ from playwright.sync_api import Page, expect
 
 ANSWER = ".message.assistant"
 QUESTION = ".message.user"
+QUESTION_TEXT = ".message.user .message-body"
 ITEM = "#conversation-list .conversation-item"
 LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))
 
