@@ -66,9 +66,18 @@ def free_port() -> int:
 class GatewayProcess:
     """``python -m gateway serve`` on a fixed port; can be stopped and started again."""
 
-    def __init__(self, port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        port: int,
+        log_dir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.log_dir = log_dir
+        self.args = args
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         self.starts = 0
@@ -81,7 +90,7 @@ class GatewayProcess:
         # GATEWAY_TEST_SERVER_CMD lets a developer point these tests at another build.
         override = os.environ.get("GATEWAY_TEST_SERVER_CMD")
         base = shlex.split(override) if override else [sys.executable, "-m", "gateway", "serve"]
-        return [*base, "--port", str(self.port)]
+        return [*base, "--port", str(self.port), *self.args]
 
     def start(self) -> None:
         assert self.proc is None, "already running"
@@ -95,6 +104,7 @@ class GatewayProcess:
             GATEWAY_DATA_DIR=str(self.log_dir / "data"),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.env)
         env.pop("GATEWAY_CONFIG", None)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -183,6 +183,8 @@ const STATUS_FINISH = { unfinished: "cancelled", error: "error", interrupted: "i
 /** Show the stored messages of a branch (root to leaf) instead of what is shown now. */
 export function showStored(list) {
   const keepOpen = new Set(shown.filter((m) => m.el.querySelector(".reasoning[open]")).map((m) => m.id));
+  // Reasoning streamed to this page stays shown even when the stored message has none.
+  const reasoned = new Map(shown.filter((m) => m.id && m.reasoning).map((m) => [m.id, m.reasoning]));
   const top = els.scroller.scrollTop;
   clear();
   for (const s of list) {
@@ -190,7 +192,7 @@ export function showStored(list) {
     const msg = add(s.role, s.content);
     setStored(msg, s);
     if (s.role === "assistant") {
-      msg.reasoning = s.reasoning || s.result?.reasoning || "";
+      msg.reasoning = s.reasoning || s.result?.reasoning || reasoned.get(s.id) || "";
       if (s.status === "streaming") {
         startStreaming(msg, { scroll: false });
         continue;
