@@ -104,8 +104,8 @@ def test_sign_in_with_typed_token_keyboard_only(page: Page, gateway: Any) -> Non
     page.keyboard.press("Enter")
     expect_connected(page)
     expect(page.locator("#chat-view")).to_be_visible()
+    expect(page.locator("#model-select")).to_be_enabled()  # the models arrived
     options = page.locator("#model-select option")
-    expect(options).not_to_have_count(0)
     names = options.evaluate_all("os => os.map(o => o.value)")
     assert {"offline", "offline-fast"} <= set(names)
     expect(page.locator("#model-select")).to_have_value("offline")
@@ -406,7 +406,7 @@ def test_markdown_is_rendered(page: Page, gateway: Any) -> None:
     done = wait_finished(page)
     body = done.locator(".message-body")
     expect(body.locator("strong")).to_have_text("bold words")
-    expect(body.locator("code")).to_have_text("inline code")
+    expect(body.locator("p > code")).to_have_text("inline code")
     link = body.locator("a")
     expect(link).to_have_text("a link")
     expect(link).to_have_attribute("href", "http://example.invalid/x")
@@ -633,16 +633,23 @@ def test_color_schemes(open_page: Any, gateway: Any, scheme: str) -> None:
 
 
 def test_screenshot_of_a_conversation(open_page: Any, gateway: Any, tmp_path: Path) -> None:
-    page = open_page(viewport={"width": 1200, "height": 900}, device_scale_factor=1)
+    page = open_page(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
     sign_in(page, gateway.base_url, "judy")
     choose_model(page, "offline-fast")
-    send(page, "How do I stream tokens from the `chat.chatWithHistory` method?")
-    wait_finished(page, 0)
-    send(page, "Can I **stop** an answer half way, and keep what arrived?")
-    wait_finished(page, 1)
-    choose_model(page, "offline")
-    send(page, "Thanks! One more: does the model choice follow me to other tabs?")
-    wait_finished(page, 2)
+    for question in (
+        "Plan a weekend trip to the mountains",
+        "Summarise the meeting notes from Monday",
+    ):
+        send(page, question)
+        wait_stored(page, 1)
+        page.click("#new-chat")
+    send(page, "How do I stream tokens from the `conversation.send` method?")
+    wait_stored(page, 1)
+    send(page, "Write some python code that reverses the words of a sentence")
+    wait_stored(page, 2)
+    page.click("#regenerate")
+    wait_stored(page, 2)
+    expect(page.locator("#conversation-list .conversation-item")).to_have_count(3)
     page.locator("#prompt").fill("")
     page.mouse.move(1, 1)
     page.evaluate("document.activeElement && document.activeElement.blur()")
