@@ -366,7 +366,7 @@ def test_export_downloads_json_and_markdown(page: Page, gateway: Any, tmp_path: 
     assert got.value.suggested_filename.endswith(".md")
 
 
-def test_phone_drawer(open_page: Any, gateway: Any) -> None:
+def test_phone_drawer(open_page: Any, gateway: Any, tmp_path: Path) -> None:
     page = open_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     start(page, gateway, "user10")
     ask(page, "asked on the phone", 1)
@@ -384,6 +384,7 @@ def test_phone_drawer(open_page: Any, gateway: Any) -> None:
     page.click("#sidebar-toggle")
     expect(page.locator("#sidebar-toggle")).to_have_attribute("aria-expanded", "true")
     wait_for(lambda: (sidebar.bounding_box() or {"x": -1})["x"] >= 0, "drawer open")
+    page.screenshot(path=str(tmp_path / "drawer.png"))
     page.locator(ITEM, has_text="Asked on the phone").locator(".conversation-open").click()
     # Choosing closes the drawer and opens the conversation.
     expect(page.locator(QUESTION_TEXT)).to_have_text("asked on the phone")

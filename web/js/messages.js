@@ -1,11 +1,12 @@
 // The message list: one <li> per message of the active branch, answers rendered as they
-// stream, their meta line (model, failover, usage, cost, copy), error boxes, a pager between
-// versions (‹ 2/3 ›) and editing of questions; follows the answer while the person has not
+// stream, their meta line (versions, failover, usage, cost, dropped turns, copy) and error
+// boxes (versions and editing: versions.js); follows the answer while the person has not
 // scrolled up.
 
 import { renderContent } from "./render.js";
 import { describeError } from "./errors.js";
 import { copyButton } from "./ui.js";
+import { pager, questionTools } from "./versions.js";
 
 const STICK_THRESHOLD_PX = 48;
 
@@ -47,7 +48,7 @@ export function add(role, content = "") {
   };
   if (role === "user") {
     renderContent(body, content, { markdown: false });
-    userTools(msg);
+    questionTools(msg, hooks);
   }
   els.list.append(li);
   shown.push(msg);
@@ -217,108 +218,8 @@ export function setStored(msg, s) {
   msg.siblingIds = Array.isArray(s.siblingIds) ? s.siblingIds : [s.id];
   msg.siblingIndex = Number.isInteger(s.siblingIndex) ? s.siblingIndex : msg.siblingIds.indexOf(s.id);
   msg.el.dataset.id = s.id;
-  if (msg.role === "user") userTools(msg);
+  if (msg.role === "user") questionTools(msg, hooks);
   else setMeta(msg);
-}
-
-function pager(msg) {
-  const n = msg.siblingIds.length;
-  if (n < 2 || !msg.id) return null;
-  const i = msg.siblingIndex;
-  const box = document.createElement("span");
-  box.className = "pager";
-  box.dataset.testid = "pager";
-  const what = msg.role === "user" ? "question" : "answer";
-  const step = (label, aria, to) => {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = "btn btn-ghost btn-tiny pager-step";
-    b.textContent = label;
-    b.setAttribute("aria-label", aria);
-    b.disabled = to < 0 || to >= n;
-    b.addEventListener("click", () => hooks.switchTo(msg, msg.siblingIds[to]));
-    return b;
-  };
-  const pos = document.createElement("span");
-  pos.className = "pager-pos";
-  pos.textContent = `${i + 1}/${n}`;
-  pos.setAttribute("aria-label", `Version ${i + 1} of ${n} of this ${what}`);
-  box.append(step("‹", `Previous version of this ${what}`, i - 1), pos, step("›", `Next version of this ${what}`, i + 1));
-  return box;
-}
-
-function userTools(msg) {
-  msg.el.querySelector(":scope > .message-tools")?.remove();
-  const tools = document.createElement("div");
-  tools.className = "message-tools";
-  const p = pager(msg);
-  if (p) tools.append(p);
-  if (msg.id) {
-    const edit = document.createElement("button");
-    edit.type = "button";
-    edit.className = "btn btn-ghost btn-tiny edit";
-    edit.dataset.testid = "edit";
-    edit.textContent = "Edit";
-    edit.setAttribute("aria-label", "Edit this question");
-    edit.addEventListener("click", () => startEdit(msg));
-    tools.append(edit);
-  }
-  if (tools.childElementCount) msg.el.append(tools);
-}
-
-function startEdit(msg) {
-  if (msg.el.querySelector(".edit-form")) return;
-  const form = document.createElement("form");
-  form.className = "edit-form";
-  const area = document.createElement("textarea");
-  area.value = msg.content;
-  area.rows = Math.min(8, Math.max(2, msg.content.split("\n").length));
-  area.dataset.testid = "edit-input";
-  area.setAttribute("aria-label", "Edited question");
-  const actions = document.createElement("div");
-  actions.className = "edit-actions";
-  const cancel = document.createElement("button");
-  cancel.type = "button";
-  cancel.className = "btn btn-ghost btn-small";
-  cancel.textContent = "Cancel";
-  const save = document.createElement("button");
-  save.type = "submit";
-  save.className = "btn btn-primary btn-small";
-  save.dataset.testid = "edit-send";
-  save.textContent = "Send";
-  actions.append(cancel, save);
-  form.append(area, actions);
-  msg.bodyEl.hidden = true;
-  msg.el.querySelector(":scope > .message-tools").hidden = true;
-  msg.bodyEl.after(form);
-  const close = () => {
-    form.remove();
-    msg.bodyEl.hidden = false;
-    const tools = msg.el.querySelector(":scope > .message-tools");
-    if (tools) tools.hidden = false;
-  };
-  cancel.addEventListener("click", () => {
-    close();
-    msg.el.querySelector(".edit")?.focus();
-  });
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    const text = area.value;
-    if (!text.trim()) return;
-    close();
-    hooks.edit(msg, text);
-  });
-  area.addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
-      ev.preventDefault();
-      form.requestSubmit();
-    } else if (ev.key === "Escape") {
-      ev.preventDefault();
-      cancel.click();
-    }
-  });
-  area.focus();
-  area.setSelectionRange(area.value.length, area.value.length);
 }
 
 export function setMeta(msg) {
@@ -332,7 +233,7 @@ export function setMeta(msg) {
     note.textContent = msg.finishNote;
     meta.append(note);
   }
-  const p = pager(msg);
+  const p = pager(msg, hooks.switchTo);
   if (p) meta.append(p);
   if (msg.requestedModel && msg.model && msg.requestedModel !== msg.model) {
     const note = document.createElement("span");
