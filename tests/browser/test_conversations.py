@@ -397,3 +397,25 @@ def test_phone_drawer(open_page: Any, gateway: Any, tmp_path: Path) -> None:
     expect(page.locator("#sidebar-toggle")).to_have_attribute("aria-expanded", "false")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
+
+
+def test_an_answer_left_for_another_conversation_finishes_on_the_gateway(
+    page: Page, gateway: Any
+) -> None:
+    start(page, gateway, "user11")
+    ask(page, "the other conversation", 1)
+    page.click("#new-chat")
+    choose_model(page, "offline")  # paced, so it is still writing when we leave
+    send(page, LONG_MESSAGE)
+    wait_for(lambda: len(body_text(answer(page))) > 20, "the answer started")
+    page.locator(ITEM, has_text="The other conversation").locator(".conversation-open").click()
+    expect(page.locator(QUESTION_TEXT)).to_have_text("the other conversation")
+    expect(page.locator("#send")).to_be_visible()  # this conversation is not busy
+    assert calls(page, "rpc.cancel") == []
+    # Back in the first one, the answer is (or becomes) whole, as the gateway stored it.
+    page.locator(ITEM, has_text="Word0").locator(".conversation-open").click()
+    expect(page.locator(QUESTION_TEXT)).to_have_text(LONG_MESSAGE)
+    done = page.locator(f"{ANSWER}[data-finish=stop]")
+    expect(done).to_have_count(1, timeout=30_000)
+    assert 'You said: "word0' in body_text(done)
+    assert "word39" in body_text(done)

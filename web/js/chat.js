@@ -19,7 +19,7 @@ const titleEl = document.getElementById("conversation-title");
 
 export const state = {
   conversation: null,
-  streaming: null, // {id, msg, cancelTimer, cancelled}
+  streaming: null, // {id, msg, cancelTimer, cancelled, detached}
   opening: 0,
 };
 let conn = null;
@@ -59,10 +59,24 @@ function show(view) {
   schedulePoll(view);
 }
 
+/**
+ * Leave a running answer to finish on the gateway, which stores it; the page stops showing it.
+ * (Opening another conversation or a new chat does this; Stop is what cancels an answer.)
+ */
+function detach() {
+  const s = state.streaming;
+  if (!s) return;
+  s.detached = true;
+  clearTimeout(s.cancelTimer);
+  state.streaming = null;
+  messages.setBusy(false);
+}
+
 /** Open a stored conversation (not found: say so and start a new chat). */
 export async function open(id) {
-  if (state.streaming || !conn.ready) return;
+  if (!conn.ready) return;
   if (id === currentId() && messages.shown.length) return;
+  detach();
   const ticket = ++state.opening;
   try {
     const view = await conn.rpc("conversation.get", { conversationId: id });
@@ -118,11 +132,7 @@ function schedulePoll(view, round = 0) {
 }
 
 export function newChat({ quiet = false } = {}) {
-  if (state.streaming) {
-    const s = state.streaming;
-    if (s.id != null) conn.notify("rpc.cancel", { id: s.id });
-    finishStream(s.msg, { interrupted: true });
-  }
+  detach();
   state.opening += 1;
   clearTimeout(pollTimer);
   setConversation(null);
@@ -165,13 +175,14 @@ function finishStream(msg, { result = null, error = null, interrupted = false } 
   messages.autoScroll();
 }
 
-async function ensureConversation() {
+/** The open conversation, created first when this is a new chat (unless `s` was left). */
+async function ensureConversation(s) {
   if (state.conversation) return state.conversation;
   const params = { ...settings.takeDraft() };
   if (models.models.current) params.model = models.models.current;
   const conv = await conn.rpc("conversation.create", params);
-  setConversation(conv);
   conversations.upsert(conv);
+  if (!s.detached) setConversation(conv);
   return conv;
 }
 
@@ -185,20 +196,20 @@ async function answer(method, params, { question = null } = {}) {
   const msg = messages.add("assistant");
   messages.startStreaming(msg);
   announce("Answering…");
-  const s = { id: null, msg, cancelTimer: 0, cancelled: false };
+  const s = { id: null, msg, cancelTimer: 0, cancelled: false, detached: false };
   state.streaming = s;
   messages.setBusy(true);
   changed();
   let conv;
   try {
-    conv = await ensureConversation();
+    conv = await ensureConversation(s);
   } catch (err) {
-    finishStream(msg, { error: err });
+    if (!s.detached) finishStream(msg, { error: err });
     return;
   }
-  if (state.streaming !== s) return;
+  if (s.detached) return; // left before it was asked: nothing to answer
   const call = conn.call(method, params(conv.id), (delta) => {
-    if (msg.status !== "streaming") return;
+    if (msg.status !== "streaming" || s.detached) return;
     if (typeof delta.reasoning === "string") msg.reasoning += delta.reasoning;
     if (typeof delta.text === "string") msg.content += delta.text;
     messages.scheduleRender(msg);
@@ -209,6 +220,7 @@ async function answer(method, params, { question = null } = {}) {
   try {
     result = await call.promise;
   } catch (err) {
+    if (s.detached) return;
     if (msg.status !== "streaming") return;
     if (err.code === "disconnected" && msg.content) {
       finishStream(msg, { result: { finishReason: "error" } });
@@ -221,6 +233,10 @@ async function answer(method, params, { question = null } = {}) {
       return;
     }
     if (err.code !== "disconnected") afterAnswer(conv, { known, failed: true });
+    return;
+  }
+  if (s.detached) {
+    conversations.refresh(); // it ended elsewhere; its title may be new
     return;
   }
   if (userMsg && result.userMessageId) userMsg.id = result.userMessageId;
@@ -314,10 +330,10 @@ export function stop() {
   composer.focus();
 }
 
-/** The connection is gone for good (signed out): end what is running. */
+/** Signed out: end what is running and show nothing of the conversation any more. */
 export function abandon() {
   if (state.streaming) finishStream(state.streaming.msg, { interrupted: true });
-  clearTimeout(pollTimer);
+  newChat({ quiet: true });
 }
 
 /** After the settings dialog saved `conv`. */
