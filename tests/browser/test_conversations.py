@@ -419,3 +419,23 @@ def test_an_answer_left_for_another_conversation_finishes_on_the_gateway(
     expect(done).to_have_count(1, timeout=30_000)
     assert 'You said: "word0' in body_text(done)
     assert "word39" in body_text(done)
+
+
+def test_a_conversation_busy_in_another_tab_is_said_in_words(
+    context_factory: Any, gateway: Any
+) -> None:
+    ctx = context_factory()
+    page = instrument(ctx.new_page())
+    sign_in(page, gateway.base_url, "user12")  # the paced model
+    send(page, LONG_MESSAGE)
+    wait_for(lambda: len(body_text(answer(page))) > 0, "the answer started")
+    tab = instrument(ctx.new_page())
+    tab.goto(page.url)  # the same conversation (#c=...)
+    expect_ready(tab)
+    expect(tab.locator(QUESTION_TEXT)).to_have_text(LONG_MESSAGE)
+    send(tab, "me too")
+    error = answer(tab).locator(".error")
+    expect(error).to_contain_text("still being written")
+    # The first tab's answer is not disturbed.
+    expect(answer(page)).to_have_attribute("data-finish", "stop", timeout=30_000)
+    assert "word39" in body_text(answer(page))

@@ -182,3 +182,31 @@ def test_failover_cost_and_dropped_turns_are_noted(page: Page, failover_gateway:
     expect_connected(page)
     expect(answer(page, 0).locator("[data-testid=failover]")).to_be_visible()
     expect(answer(page).locator("[data-testid=dropped]")).to_contain_text("left out")
+
+
+HOSTILE_CODE = (
+    '```"><img src=x onerror="window.__pwned=\'label\'">\n'
+    "<img src=x onerror=\"window.__pwned='code'\">\n```\n\n"
+    "```python\nprint('<script>window.__pwned = \"script\"</script>')\n```\n"
+)
+
+
+def test_hostile_code_blocks_stay_text(open_page: Any) -> None:
+    with ScriptedGateway() as fake:
+        fake.deltas = [{"text": HOSTILE_CODE}]
+        fake.result = {"finishReason": "stop", "model": "thinker", "droppedTurns": 0}
+        page = open_page()
+        page.goto(fake.base_url + "/#token=tok-rhea")
+        expect_connected(page)
+        assert page.evaluate("window.gatewayChat.highlighterReady()") is True
+        send(page, "show me")
+        done = wait_finished(page)
+        blocks = done.locator("[data-testid=code-block]")
+        expect(blocks).to_have_count(2)
+        expect(blocks.nth(1).locator(".code-lang")).to_have_text("python")
+        assert blocks.nth(1).locator(".hljs-string").count() >= 1
+        page.wait_for_timeout(300)  # give an image error handler its chance
+        assert page.evaluate("window.__pwned") is None
+        assert done.locator("img, script").count() == 0
+        assert "<img src=x" in blocks.nth(0).locator("code").inner_text()
+        assert "<script>" in blocks.nth(1).locator("code").inner_text()

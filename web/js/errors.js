@@ -50,6 +50,12 @@ export function describeError(error) {
     case -32014: return `The model provider${provider} took too long to answer.${later || " Try again."}`;
     case -32015: return `The model provider${provider} sent an answer that could not be read.${later || " Try again."}`;
     case -32030: return "That conversation was not found. It may have been deleted.";
+    case -32031:
+      return data.limit === "messagesPerConversation"
+        ? `This conversation is full (${data.max ?? "the most"} messages). Start a new chat to go on.`
+        : `You have the most conversations allowed${data.max ? ` (${data.max})` : ""}. Delete some to start new ones.`;
+    case -32032: return "That message is no longer in this conversation. Reload to see it as it is now.";
+    case -32033: return "An answer is still being written in this conversation (perhaps in another tab). Wait for it or stop it there.";
     case -32602: return `The gateway did not accept that request: ${error.message || "invalid parameters"}.`;
     case -32603: return "Something went wrong inside the gateway. Try again.";
     case -32700:
@@ -59,9 +65,6 @@ export function describeError(error) {
     default:
       if (typeof code === "number" && code <= -32010 && code >= -32019) {
         return `The model provider${provider} had a problem: ${error.message || "unknown error"}.`;
-      }
-      if (typeof code === "number" && code <= -32031 && code >= -32039) {
-        return error.message ? `${error.message}.`.replace(/\.\.$/, ".") : "The gateway refused that.";
       }
       return error?.message ? `Error: ${error.message}` : "Something went wrong.";
   }
