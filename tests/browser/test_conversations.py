@@ -42,9 +42,15 @@ def start(page: Page, gateway: Any, user: str) -> None:
     choose_model(page, "offline-fast")
 
 
+def address(page: Page) -> str:
+    """The page's own idea of its address (Playwright's ``page.url`` may lag behind
+    ``history.replaceState``)."""
+    return str(page.evaluate("location.href"))
+
+
 def conversation_id(page: Page) -> str:
-    found = re.search(r"#c=([^&]+)", page.url)
-    assert found, page.url
+    found = re.search(r"#c=([^&]+)", address(page))
+    assert found, address(page)
     return found.group(1)
 
 
@@ -196,7 +202,7 @@ def test_delete_asks_first_and_removes_it_everywhere(
     expect(page.locator(ITEM)).to_contain_text("Keep this")
     # It was open: the page starts a new chat.
     expect(page.locator(".message")).to_have_count(0)
-    assert "#c=" not in page.url
+    assert "#c=" not in address(page)
     # Gone on the gateway: another browser lists only the other one, and the old link fails.
     other = open_page()
     sign_in(other, gateway.base_url, "user04")
@@ -205,7 +211,7 @@ def test_delete_asks_first_and_removes_it_everywhere(
     expect(other.locator(".toast")).to_contain_text("not found")
     other.reload()  # the page dropped the dead link
     expect_ready(other)
-    assert doomed not in other.url
+    assert doomed not in address(other)
 
 
 def test_editing_a_question_makes_a_branch_with_a_pager(page: Page, gateway: Any) -> None:
@@ -430,7 +436,7 @@ def test_a_conversation_busy_in_another_tab_is_said_in_words(
     send(page, LONG_MESSAGE)
     wait_for(lambda: len(body_text(answer(page))) > 0, "the answer started")
     tab = instrument(ctx.new_page())
-    tab.goto(page.url)  # the same conversation (#c=...)
+    tab.goto(address(page))  # the same conversation (#c=...)
     expect_ready(tab)
     expect(tab.locator(QUESTION_TEXT)).to_have_text(LONG_MESSAGE)
     send(tab, "me too")
@@ -439,3 +445,27 @@ def test_a_conversation_busy_in_another_tab_is_said_in_words(
     # The first tab's answer is not disturbed.
     expect(answer(page)).to_have_attribute("data-finish", "stop", timeout=30_000)
     assert "word39" in body_text(answer(page))
+
+
+def test_the_model_picker_follows_the_open_conversation(page: Page, gateway: Any) -> None:
+    start(page, gateway, "user13")
+    first = ask(page, "which model are you", 1)
+    assert "I am offline-fast" in body_text(first)
+    fast = conversation_id(page)
+    page.click("#new-chat")
+    choose_model(page, "offline")
+    slow = ask(page, "and which are you", 1)
+    assert "I am offline." in body_text(slow)
+    # Back in the first conversation, the picker shows its model, and answers use it.
+    page.locator(ITEM, has_text="Which model are you").locator(".conversation-open").click()
+    wait_for(lambda: conversation_id(page) == fast, "first conversation open")
+    expect(page.locator("#model-select")).to_have_value("offline-fast")
+    assert "I am offline-fast" in body_text(ask(page, "still you?", 2))
+    # Choosing another model changes the open conversation's model.
+    choose_model(page, "offline")
+    wait_for(lambda: calls(page, "conversation.update") != [], "conversation.update sent")
+    assert calls(page, "conversation.update")[-1]["params"] == {
+        "conversationId": fast,
+        "model": "offline",
+    }
+    assert "I am offline." in body_text(ask(page, "and now?", 3))

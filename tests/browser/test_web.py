@@ -49,7 +49,7 @@ def send_calls(page: Page) -> list[dict[str, Any]]:
 def test_sign_in_with_token_in_fragment(page: Page, gateway: Any) -> None:
     sign_in(page, gateway.base_url, "alice")
     # The token leaves the address bar and is remembered by the browser.
-    assert "token" not in page.url
+    assert "token" not in page.evaluate("location.href")
     assert page.evaluate("localStorage.getItem('gateway.token')") == "tok-alice"
     expect(page.locator("#user-name")).to_have_text("alice")
     expect(page.locator("#prompt")).to_be_focused()
