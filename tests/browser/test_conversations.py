@@ -313,6 +313,7 @@ def test_settings_apply_to_the_next_answer(page: Page, gateway: Any) -> None:
     expect(page.locator("#settings-max-tokens")).to_have_value("12")
     page.fill("#settings-max-tokens", "")
     page.click("[data-testid=settings-save]")
+    expect(dialog).to_be_hidden()  # saved
     done = ask(page, "what are your instructions now", 2)
     assert 'My instructions: "Answer like a pirate."' in body_text(done)
     assert calls(page, "conversation.update")[-1]["params"]["params"] == {"temperature": 0.4}
@@ -320,6 +321,7 @@ def test_settings_apply_to_the_next_answer(page: Page, gateway: Any) -> None:
     page.click("#settings-open")
     page.fill("#settings-max-tokens", "5")
     page.click("[data-testid=settings-save]")
+    expect(dialog).to_be_hidden()
     short = ask(page, "one more", 3)
     expect(short).to_have_attribute("data-finish", "length")
     expect(short.locator(".finish")).to_contain_text("length limit")
@@ -345,6 +347,7 @@ def test_settings_before_the_first_message_go_into_the_new_conversation(
     expect(page.locator("[data-testid=export-json]")).to_be_disabled()
     page.fill("#settings-system", "Be brief.")
     page.click("[data-testid=settings-save]")
+    expect(page.locator("#settings-dialog")).to_be_hidden()
     done = ask(page, "hello", 1)
     assert 'My instructions: "Be brief."' in body_text(done)
     created = calls(page, "conversation.create")[-1]["params"]
