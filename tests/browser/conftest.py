@@ -176,7 +176,10 @@ def own_gateway(tmp_path: Path, chromium_path: Path) -> Iterator[GatewayProcess]
 
 @pytest.fixture(scope="module")
 def browser(chromium_path: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # The machine is shared and often loaded: give assertions the same 15 s as actions.
+    expect.set_options(timeout=15_000)
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(chromium_path), args=LAUNCH_ARGS)
