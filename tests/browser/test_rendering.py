@@ -2,12 +2,15 @@
 
 Code and the notes come from real gateways (the offline model answers a request for code
 with a fenced block; a configured gateway fails over from a model whose upstream refuses
-connections). Reasoning comes from :mod:`tests.browser.scripted`, a stand-in speaking the
-wire protocol over real sockets, until a provider in the suite streams reasoning deltas.
+connections). Reasoning comes from a gateway whose model is the fake OpenAI-compatible
+server streaming ``reasoning_content``; the moment while a model still thinks is played by
+:mod:`tests.browser.scripted`, a stand-in speaking the wire protocol over real sockets,
+which can hold the answer back until the test has looked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Iterator
@@ -29,6 +32,8 @@ from tests.browser.helpers import (
     wait_finished,
 )
 from tests.browser.scripted import ScriptedGateway
+from tests.fakes import Reply
+from tests.fakes.openai_server import OpenAIFake
 
 
 def test_code_blocks_are_highlighted_with_a_label_and_a_copy_button(
@@ -210,3 +215,68 @@ def test_hostile_code_blocks_stay_text(open_page: Any) -> None:
         assert done.locator("img, script").count() == 0
         assert "<img src=x" in blocks.nth(0).locator("code").inner_text()
         assert "<script>" in blocks.nth(1).locator("code").inner_text()
+
+
+REASONING_CONFIG = """
+default_model = "thinker"
+
+[[models]]
+name = "thinker"
+provider = "openai"
+model = "deepseek-fake"
+base_url = "{base_url}"
+api_key_env = "{key_env}"
+"""
+
+
+@pytest.fixture()
+def reasoning_gateway(tmp_path: Path, chromium_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway whose model is the fake OpenAI-compatible server (in a thread of its own)
+    streaming ``reasoning_content`` before the answer, as DeepSeek and vLLM do."""
+    loop = asyncio.new_event_loop()
+    reply = Reply(
+        reasoning=("The user wants a number. ", "Forty-two is the classic one."),
+        text=("The answer ", "is **42**."),
+    )
+    fake = OpenAIFake(default=reply)
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with fake:
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "fake upstream did not start"
+    config = tmp_path / "gateway.toml"
+    config.write_text(REASONING_CONFIG.format(base_url=fake.base_url, key_env=fake.key_env))
+    server = GatewayProcess(free_port(), tmp_path, args=("--config", str(config)), env=fake.env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+def test_reasoning_from_a_real_provider_stream(page: Page, reasoning_gateway: Any) -> None:
+    sign_in(page, reasoning_gateway.base_url, "user23")
+    done = ask(page, "pick a number", 1)
+    expect(done.locator(".message-body strong")).to_have_text("42")
+    box = done.locator("[data-testid=reasoning]")
+    expect(box.locator("summary")).to_have_text("Reasoning")
+    expect(box).not_to_have_attribute("open", "")
+    assert "Forty-two" not in body_text(done)
+    box.locator("summary").click()
+    expect(box.locator(".reasoning-body")).to_have_text(
+        "The user wants a number. Forty-two is the classic one."
+    )
+    frames = [
+        f["params"]
+        for f in page.ws_log.received  # type: ignore[attr-defined]
+        if isinstance(f, dict) and f.get("method") == "stream.delta"
+    ]
+    assert any("reasoning" in p for p in frames) and any("text" in p for p in frames)
