@@ -1,7 +1,8 @@
 """The gateway benchmark suite: gateway vs a raw websockets+orjson server, one command.
 
-    .venv/bin/python bench/run.py            # full run, about 5 minutes
-    .venv/bin/python bench/run.py --quick    # smoke run, under a minute
+    .venv/bin/python bench/run.py            # full run, about 9 minutes
+    .venv/bin/python bench/run.py --quick    # smoke run, about a minute
+    .venv/bin/python bench/run.py --only s   # Redis store and --workers 2 (bench/scale.py)
 
 Both servers run as subprocesses on 127.0.0.1; client load comes from
 separate processes (bench/load.py). Each test starts a fresh server of each
@@ -846,7 +847,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
     parser.add_argument(
-        "--only", default="a,b,c,d", help="comma-separated tests to run (b and d run together)"
+        "--only",
+        default="a,b,c,d,s",
+        help="comma-separated tests to run (b and d run together; s: Redis and workers)",
     )
     parser.add_argument("--json", help="also write all figures to this JSON file")
     parser.add_argument(
@@ -923,6 +926,12 @@ async def main(args: argparse.Namespace) -> int:
             if "b" in only or "d" in only:
                 log("(b)+(d) idle connections' memory, then paced streams on them")
                 res["bd"] = await test_bd(plan, workdir, users, log)
+            if "s" in only:
+                import scale
+
+                log("(s) memory vs Redis store vs --workers 2; idle memory over 2 workers")
+                scale_plan = scale.SCALE_QUICK if args.quick else scale.SCALE_FULL
+                res["s"] = await scale.test_s(scale_plan, workdir, users, log)
         finally:
             _kill_all()
             errs = workdir / "load.err"
@@ -931,8 +940,14 @@ async def main(args: argparse.Namespace) -> int:
                 print(
                     "\n".join(errs.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr
                 )
-    print()
-    print(report(res, plan))
+    if only & {"a", "b", "c", "d"}:
+        print()
+        print(report(res, plan))
+    if "s" in res:
+        import scale
+
+        print()
+        print(scale.report(res["s"]))
     print(f"\ntotal {time.monotonic() - started:.0f}s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -11,8 +11,13 @@ the user's roles, else the first rule naming neither; no rule, no limit. A
 rule naming both a user and a role applies to that user only while they hold
 the role.
 
-Memory: per user at most 60 one-second buckets and a day counter; users idle
-for a minute whose day has ended are dropped by a sweep at most once a minute.
+Two ledgers side by side: :class:`BudgetLedger` counts in this process's
+memory (per user at most 60 one-second buckets and a day counter; users idle
+for a minute whose day has ended are dropped by a sweep at most once a
+minute); :class:`RedisBudgetLedger` keeps the same buckets in one hash per
+user (``<p>{u:<id>}:b``: fields ``s<second>`` and ``d<day>``, updated by one
+Lua script, expiring after the day), so every process sharing the Redis
+refuses at the same total.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import Any
 from gateway.config import BudgetRule
 from gateway.context import User
 from gateway.errors import BudgetExceeded
+from gateway.sessions.redislink import RedisLink
 
-__all__ = ["BudgetLedger"]
+__all__ = ["BudgetLedger", "BudgetRules", "RedisBudgetLedger"]
 
 MINUTE = 60
 DAY = 86_400
@@ -41,7 +47,6 @@ class _Account:
     last_minute: int = 0
     day: int = 0
     today: int = 0
-    rule: BudgetRule | None = None
 
     def roll(self, now: float) -> None:
         """Forget buckets older than a minute and counts of an earlier day."""
@@ -61,13 +66,42 @@ class _Account:
                 return second + MINUTE - now
         return MINUTE
 
+    def refuse(self, rule: BudgetRule, now: float) -> None:
+        """Raise :class:`BudgetExceeded` if this account has spent ``rule``'s budget.
 
-class BudgetLedger:
-    """Counts tokens per user and refuses users over their rule's budget."""
+        ``data.retryAfter`` is when the user may go again: the later refill when
+        both budgets are spent.
+        """
+        refusals = []
+        if rule.tokens_per_day is not None and self.today >= rule.tokens_per_day:
+            wait = (self.day + 1) * DAY - now
+            refusals.append((wait, "tokensPerDay", rule.tokens_per_day, self.today))
+        if rule.tokens_per_minute is not None and self.last_minute >= rule.tokens_per_minute:
+            wait = self.minute_wait(rule.tokens_per_minute, now)
+            refusals.append((wait, "tokensPerMinute", rule.tokens_per_minute, self.last_minute))
+        if refusals:
+            wait, limit, allowed, used = max(refusals)
+            seconds = max(1, math.ceil(wait))
+            per = "minute" if limit == "tokensPerMinute" else "day"
+            raise BudgetExceeded(
+                f"Token budget spent: {used} of {allowed} tokens per {per}; retry in {seconds} s",
+                data={"retryAfter": seconds, "limit": limit, "allowed": allowed, "used": used},
+            )
 
-    def __init__(
-        self, rules: Sequence[BudgetRule], *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def usage(self, rule: BudgetRule | None) -> dict[str, Any]:
+        limits = None
+        if rule is not None:
+            limits = {
+                "tokensPerMinute": rule.tokens_per_minute,
+                "tokensPerDay": rule.tokens_per_day,
+            }
+        return {"tokensLastMinute": self.last_minute, "tokensToday": self.today, "limits": limits}
+
+
+class BudgetRules:
+    """Which rule applies to a user: one naming the user, else a role, else everyone."""
+
+    def __init__(self, rules: Sequence[BudgetRule]) -> None:
         self._by_user: dict[str, BudgetRule] = {}
         self._by_role: list[BudgetRule] = []
         self._everyone: BudgetRule | None = None
@@ -78,9 +112,6 @@ class BudgetLedger:
                 self._by_role.append(rule)
             elif self._everyone is None:
                 self._everyone = rule
-        self._clock = clock
-        self._accounts: dict[str, _Account] = {}
-        self._swept = clock()
 
     def rule_for(self, user: User) -> BudgetRule | None:
         """The most specific rule matching ``user`` (user > role > everyone)."""
@@ -92,44 +123,37 @@ class BudgetLedger:
                 return rule
         return self._everyone
 
-    def check(self, user: User) -> None:
-        """Raise :class:`BudgetExceeded` if ``user`` has spent a budget.
 
-        ``data.retryAfter`` is when the user may go again: the later refill when
-        both budgets are spent.
-        """
-        now = self._clock()
-        rule = self.rule_for(user)
+class BudgetLedger(BudgetRules):
+    """Counts tokens per user in this process and refuses users over their rule's budget."""
+
+    def __init__(
+        self, rules: Sequence[BudgetRule], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(rules)
+        self._clock = clock
+        self._accounts: dict[str, _Account] = {}
+        self._swept = clock()
+
+    async def check(self, user: User) -> None:
+        """Raise :class:`BudgetExceeded` if ``user`` has spent a budget."""
         account = self._accounts.get(user.id)
-        if account is not None:
-            account.rule = rule
-        if rule is None or account is None:
+        if account is None:
             return
+        rule = self.rule_for(user)
+        if rule is None:
+            return
+        now = self._clock()
         account.roll(now)
-        refusals = []
-        if rule.tokens_per_day is not None and account.today >= rule.tokens_per_day:
-            wait = (account.day + 1) * DAY - now
-            refusals.append((wait, "tokensPerDay", rule.tokens_per_day, account.today))
-        if rule.tokens_per_minute is not None and account.last_minute >= rule.tokens_per_minute:
-            wait = account.minute_wait(rule.tokens_per_minute, now)
-            refusals.append((wait, "tokensPerMinute", rule.tokens_per_minute, account.last_minute))
-        if refusals:
-            wait, limit, allowed, used = max(refusals)
-            seconds = max(1, math.ceil(wait))
-            per = "minute" if limit == "tokensPerMinute" else "day"
-            raise BudgetExceeded(
-                f"Token budget spent: {used} of {allowed} tokens per {per}; retry in {seconds} s",
-                data={"retryAfter": seconds, "limit": limit, "allowed": allowed, "used": used},
-            )
+        account.refuse(rule, now)
 
-    def record(self, user: User, tokens: int) -> None:
+    async def record(self, user: User, tokens: int) -> None:
         """Count ``tokens`` used by ``user`` now."""
         now = self._clock()
         self._sweep(now)
         account = self._accounts.get(user.id)
         if account is None:
             account = self._accounts[user.id] = _Account(day=int(now // DAY))
-        account.rule = self.rule_for(user)
         account.roll(now)
         if tokens <= 0:
             return
@@ -141,24 +165,14 @@ class BudgetLedger:
         account.last_minute += tokens
         account.today += tokens
 
-    def usage(self, user_id: str) -> dict[str, Any]:
-        """Tokens the user spent in the last minute and today, with the limits last applied."""
-        account = self._accounts.get(user_id)
+    async def usage(self, user: User) -> dict[str, Any]:
+        """Tokens the user spent in the last minute and today, with the limits that apply."""
+        account = self._accounts.get(user.id)
         if account is None:
-            return {"tokensLastMinute": 0, "tokensToday": 0, "limits": None}
-        account.roll(self._clock())
-        rule = account.rule
-        limits = None
-        if rule is not None:
-            limits = {
-                "tokensPerMinute": rule.tokens_per_minute,
-                "tokensPerDay": rule.tokens_per_day,
-            }
-        return {
-            "tokensLastMinute": account.last_minute,
-            "tokensToday": account.today,
-            "limits": limits,
-        }
+            account = _Account(day=int(self._clock() // DAY))
+        else:
+            account.roll(self._clock())
+        return account.usage(self.rule_for(user))
 
     def __len__(self) -> int:
         """Users currently tracked."""
@@ -172,3 +186,79 @@ class BudgetLedger:
             account.roll(now)  # A new day zeroes ``today``.
             if not account.buckets and account.today == 0:
                 del self._accounts[user_id]
+
+
+# KEYS[1] budget hash; ARGV now, tokens. Adds tokens to this second and today,
+# drops buckets older than a minute and counts of earlier days.
+_RECORD = """
+local k, now, tokens = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local second = math.floor(now)
+local day = math.floor(now / 86400)
+redis.call('HINCRBY', k, 's' .. second, tokens)
+redis.call('HINCRBY', k, 'd' .. day, tokens)
+for _, name in ipairs(redis.call('HKEYS', k)) do
+  local kind, n = string.sub(name, 1, 1), tonumber(string.sub(name, 2))
+  if (kind == 's' and n <= second - 60) or (kind == 'd' and n ~= day) then
+    redis.call('HDEL', k, name)
+  end
+end
+redis.call('EXPIRE', k, math.ceil((day + 1) * 86400 - now) + 120)
+return 1
+"""
+
+# KEYS[1] budget hash; ARGV now. Returns {today, second1, tokens1, second2, tokens2, ...}.
+_READ = """
+local now = tonumber(ARGV[1])
+local second = math.floor(now)
+local day = math.floor(now / 86400)
+local flat = redis.call('HGETALL', KEYS[1])
+local out = {0}
+for i = 1, #flat, 2 do
+  local kind, n = string.sub(flat[i], 1, 1), tonumber(string.sub(flat[i], 2))
+  if kind == 'd' and n == day then out[1] = tonumber(flat[i + 1]) end
+  if kind == 's' and n > second - 60 then
+    table.insert(out, n)
+    table.insert(out, tonumber(flat[i + 1]))
+  end
+end
+return out
+"""
+
+
+class RedisBudgetLedger(BudgetRules):
+    """The same budgets counted in Redis: every process refuses at the same total."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        rules: Sequence[BudgetRule],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(rules)
+        self._link = link
+        self._clock = clock
+        self._record = link.script(_RECORD)
+        self._read = link.script(_READ)
+
+    async def _account(self, user: User, now: float) -> _Account:
+        flat = await self._read([self._link.user_key(user.id, "b")], [repr(now)])
+        account = _Account(day=int(now // DAY), today=int(flat[0]))
+        pairs = sorted(zip(flat[1::2], flat[2::2], strict=True))
+        account.buckets.extend([int(s), int(t)] for s, t in pairs)
+        account.last_minute = sum(int(t) for _, t in pairs)
+        return account
+
+    async def check(self, user: User) -> None:
+        rule = self.rule_for(user)
+        if rule is None:
+            return
+        now = self._clock()
+        (await self._account(user, now)).refuse(rule, now)
+
+    async def record(self, user: User, tokens: int) -> None:
+        if tokens > 0:
+            await self._record([self._link.user_key(user.id, "b")], [repr(self._clock()), tokens])
+
+    async def usage(self, user: User) -> dict[str, Any]:
+        return (await self._account(user, self._clock())).usage(self.rule_for(user))

@@ -24,6 +24,7 @@ from gateway.client import (
     ConnectionClosed,
     ConnectionLost,
     RpcError,
+    Unauthenticated,
     connect,
 )
 
@@ -36,12 +37,26 @@ T = TypeVar("T")
 
 CHAT_HELP = """\
 commands:
-  /models        list the models (* marks yours)
-  /model NAME    switch model (/model alone shows the current one)
-  /stats         session statistics
-  /new           start a new conversation (clears the local history)
-  /quit          leave (Ctrl-D at the prompt does too)
+  /conversations     list your conversations kept on the server (newest first)
+  /open ID           continue conversation ID (shows where it stands)
+  /new               start a new conversation with the next message
+  /edit TEXT         replace your last message with TEXT (a new branch) and answer again
+  /regenerate        another answer to your last message (the old one is kept)
+  /models            list the models (* marks yours)
+  /model NAME        switch model (/model alone shows the current one)
+  /stats             session statistics
+  /quit              leave (Ctrl-D at the prompt does too)
 Ctrl-C while a reply streams stops the reply; at the prompt it leaves."""
+
+NO_TOKEN = (
+    "no token set. Pass --token TOKEN or set GATEWAY_TOKEN: use the token that "
+    "`gateway serve` printed at start, an API key from the server's configuration, "
+    "or one made with `gateway token --user NAME`."
+)
+REFUSED_TOKEN = (
+    "the gateway did not accept that token. Check --token / GATEWAY_TOKEN: it may be "
+    "mistyped, expired, or meant for another gateway."
+)
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -67,6 +82,9 @@ def add_parsers(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chat.add_argument("--model", help="switch to this model before the first message")
+    chat.add_argument(
+        "--conversation", metavar="ID", help="continue a conversation kept on the server"
+    )
     chat.set_defaults(func=run_chat)
 
     call = subparsers.add_parser(
@@ -103,6 +121,15 @@ def _target(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def _json(value: Any, *, indent: bool = False) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+
+
+def _token_hint(exc: BaseException, token: str | None) -> str | None:
+    """A plain-language line for a missing or refused token, else None."""
+    text = str(exc)
+    refused = isinstance(exc, Unauthenticated) or "401" in text or "4500" in text
+    if not refused:
+        return None
+    return NO_TOKEN if token is None else REFUSED_TOKEN
 
 
 def _describe(exc: BaseException) -> str:
@@ -155,6 +182,9 @@ async def _call(
         if streamed:
             out.write("\n")
         print(_describe(exc), file=err)
+        hint = _token_hint(exc, token)
+        if hint:
+            print(f"gateway call: {hint}", file=err)
         return EXIT_ERROR
     if not streamed:
         print(_json(result, indent=True), file=out)
@@ -203,7 +233,11 @@ class ChatSession:
         self.client = client
         self.out = out
         self.err = err
-        self.history: list[dict[str, str]] = []
+        self.conversation_id: str | None = None
+        """The server-side conversation replies go to (created by the first message)."""
+        self.last_user_id: str | None = None
+        self.last_answer_id: str | None = None
+        self.last_question: str | None = None
         self._reply_task: asyncio.Task[Any] | None = None
 
     def repl(self, stdin: IO[str]) -> int:
@@ -249,8 +283,26 @@ class ChatSession:
         if name == "/help":
             print(CHAT_HELP, file=self.out)
         elif name == "/new":
-            self.history.clear()
+            self.conversation_id = self.last_user_id = self.last_answer_id = None
             print("(new conversation)", file=self.out)
+        elif name == "/conversations":
+            self.list_conversations()
+        elif name == "/open" and arg:
+            self.open(arg)
+        elif name == "/open":
+            print("usage: /open ID (see /conversations)", file=self.err)
+        elif name == "/edit":
+            if not arg:
+                print("usage: /edit TEXT (replaces your last message)", file=self.err)
+            elif self.conversation_id is None or self.last_user_id is None:
+                print("nothing to edit yet: send a message first", file=self.err)
+            else:
+                self.send(arg, method="conversation.edit", messageId=self.last_user_id)
+        elif name == "/regenerate":
+            if self.conversation_id is None or self.last_answer_id is None:
+                print("nothing to regenerate yet: send a message first", file=self.err)
+            else:
+                self.send(None, method="conversation.regenerate", messageId=self.last_answer_id)
         elif name == "/models":
             for model in self.runner.run(self.client.call("chat.listModels")):
                 self._print_model(model)
@@ -281,9 +333,44 @@ class ChatSession:
             file=self.out,
         )
 
-    def send(self, message: str) -> None:
+    def list_conversations(self) -> None:
+        page = self.runner.run(self.client.call("conversation.list", limit=20))
+        if not page["items"]:
+            print("(no conversations yet)", file=self.out)
+        for item in page["items"]:
+            mark = "*" if item["id"] == self.conversation_id else " "
+            pin = " [pinned]" if item.get("pinned") else ""
+            print(
+                f"{mark} {item['id']}  {item['title']}{pin} ({item['messageCount']} messages)",
+                file=self.out,
+            )
+
+    def open(self, conversation_id: str) -> None:
+        """Continue ``conversation_id``: print its last turns and remember its ids."""
+        got = self.runner.run(self.client.call("conversation.get", conversationId=conversation_id))
+        self.conversation_id = got["conversation"]["id"]
+        self.last_user_id = self.last_answer_id = None
+        messages = got["messages"]
+        for m in messages:
+            if m["role"] == "user":
+                self.last_user_id, self.last_question = m["id"], m["content"]
+            elif m["role"] == "assistant":
+                self.last_answer_id = m["id"]
+        print(
+            f"(conversation {got['conversation']['title']!r}, {len(messages)} messages)",
+            file=self.out,
+        )
+        for m in messages[-4:]:
+            who = "you" if m["role"] == "user" else "assistant"
+            status = "" if m["status"] == "done" else f" [{m['status']}]"
+            print(f"{who}>{status} {m['content']}", file=self.out)
+
+    def send(self, message: str | None, *, method: str = "conversation.send", **ids: str) -> None:
         """Stream the reply to ``message``; Ctrl-C stops the reply, not the program."""
-        future = self.runner.submit(self._reply(message))
+        if self.conversation_id is None:
+            made = self.runner.run(self.client.call("conversation.create"))
+            self.conversation_id = made["id"]
+        future = self.runner.submit(self._reply(message, method, ids))
         try:
             future.result()
         except KeyboardInterrupt:
@@ -296,11 +383,12 @@ class ChatSession:
             # A second Ctrl-C while the reply winds down leaves the program.
             future.result()
 
-    async def _reply(self, message: str) -> None:
+    async def _reply(self, message: str | None, method: str, ids: dict[str, str]) -> None:
         self._reply_task = asyncio.current_task()
-        stream = self.client.stream(
-            "chat.chatWithHistory", message=message, history=list(self.history)
-        )
+        params: dict[str, Any] = {"conversationId": self.conversation_id, **ids}
+        if message is not None:
+            params["message"] = message
+        stream = self.client.stream(method, **params)
         stopped = False
         try:
             async for text in stream:
@@ -329,9 +417,9 @@ class ChatSession:
             print(f"[error: {_describe_result_error(result)}]", file=self.err)
         elif result.get("finishReason") == "length":
             print("[the reply hit the length limit]", file=self.err)
-        if stream.text:
-            self.history.append({"role": "user", "content": message})
-            self.history.append({"role": "assistant", "content": stream.text})
+        if result.get("assistantMessageId"):
+            self.last_user_id = result.get("userMessageId")
+            self.last_answer_id = result["assistantMessageId"]
 
 
 def _describe_result_error(result: dict[str, Any]) -> str:
@@ -344,6 +432,9 @@ def _describe_result_error(result: dict[str, Any]) -> str:
 def run_chat(args: argparse.Namespace) -> int:
     """``gateway chat``: an interactive (or piped) streaming chat."""
     url, token = _target(args)
+    if token is None:
+        print(f"gateway chat: {NO_TOKEN}", file=sys.stderr)
+        return EXIT_USAGE
     runner = _LoopThread()
 
     async def open_client() -> Client:
@@ -360,11 +451,16 @@ def run_chat(args: argparse.Namespace) -> int:
             client = runner.run(open_client())
         except (ClientError, TimeoutError) as exc:
             print(f"gateway chat: {_describe(exc)}", file=sys.stderr)
+            hint = _token_hint(exc, token)
+            if hint:
+                print(f"gateway chat: {hint}", file=sys.stderr)
             return EXIT_ERROR
         session = ChatSession(runner, client, sys.stdout, sys.stderr)
         try:
             if args.model:
                 session.command(f"/model {args.model}")
+            if args.conversation:
+                session.open(args.conversation)
             return session.repl(sys.stdin)
         except (ClientError, TimeoutError) as exc:
             print(f"gateway chat: {_describe(exc)}", file=sys.stderr)

@@ -22,6 +22,7 @@ __all__ = [
     "BudgetRule",
     "Config",
     "ConfigError",
+    "ConversationsConfig",
     "LimitsConfig",
     "ServerConfig",
     "SessionsConfig",
@@ -78,7 +79,12 @@ class ServerConfig:
     """How long a closing handshake may take before the TCP connection is dropped."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
-    shutdown_grace: float = 5.0
+    drain_timeout: float = 25.0
+    """On SIGTERM, running calls get this long to finish (idle sockets close at once with 1012)."""
+    shutdown_grace: float = 3.0
+    """After the drain, closing handshakes (1001) get this long before the process exits."""
+    reuse_port: bool = False
+    """SO_REUSEPORT: set for the workers of ``gateway serve --workers N`` (GATEWAY_REUSE_PORT=1)."""
     # Browsers
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed to open a socket; empty means same origin only."""
@@ -107,14 +113,31 @@ class LimitsConfig:
     """Sustained call rate per connection (a token bucket)."""
     request_burst: int = 100
     flood_close_after: int = 200
-    """Calls refused for rate in a row before the connection is closed with 4001."""
+    """Flood score closing the connection with 4001: each call refused for rate adds 1,
+    the score drains by ``requests_per_second`` per second (see SessionLimits.flood_limit)."""
     max_message_chars: int = 32_000
     max_history_messages: int = 200
     max_history_chars: int = 400_000
+    # Failed logins (see gateway/auth/throttle.py); 0 turns a limit off
+    failed_logins_per_address: int = 20
+    """Failed logins from one address within ``failed_login_window`` before it must wait."""
+    failed_logins_per_user: int = 10
+    """Failures of correctly signed tokens of one user within the window."""
+    failed_login_window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class SessionsConfig:
+    store: str = "memory"
+    """``memory`` (this process only) or ``redis`` (shared by every process on ``url``)."""
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL for ``store = "redis"`` (``GATEWAY_REDIS_URL``); a password may go in it."""
+    prefix: str = "gw:"
+    """Prefix of every Redis key, so several gateways can share one Redis."""
+    redis_timeout: float = 1.0
+    """Seconds a Redis call may take before it counts as an outage (-32020)."""
+    lease_seconds: float = 15.0
+    """Connection and stream counts of a process that died stop counting after this long."""
     max_sessions: int = 100_000
     """At the limit, the least recently active session is evicted."""
     max_age_hours: float = 24.0
@@ -142,6 +165,28 @@ class StreamsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationsConfig:
+    url: str | None = None
+    """``postgresql://user@host/db`` for PostgreSQL; None keeps them in SQLite in the data
+    directory (in memory when there is no data directory)."""
+    # Limits
+    max_conversations_per_user: int = 10_000
+    max_messages_per_conversation: int = 2_000
+    """Every message of the tree counts (edits and regenerated answers too)."""
+    max_page_size: int = 200
+    """Largest ``limit`` of conversation.list."""
+    # Retention and housekeeping
+    retention_days: float = 0.0
+    """Delete conversations not updated for this many days (pinned ones stay); 0 keeps all."""
+    cleanup_interval_seconds: float = 3600.0
+    stale_stream_seconds: float = 3600.0
+    """An answer still ``streaming`` this long after it started is marked ``interrupted``."""
+    # Timeouts
+    title_timeout_seconds: float = 10.0
+    """Generating a title with the conversation's model; the question's first words after."""
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetRule:
     """Token budget for users matching ``user`` or ``role`` (or everyone when both are None)."""
 
@@ -161,6 +206,10 @@ class Config:
     models: tuple[ModelConfig, ...] = DEFAULT_MODELS
     default_model: str = "offline"
     budgets: tuple[BudgetRule, ...] = ()
+    conversations: ConversationsConfig = field(default_factory=ConversationsConfig)
+    data_dir: str | None = None
+    """Where the embedded default keeps its database and signing secret (``gateway serve``
+    uses ``./.gateway`` unless told otherwise); None keeps everything in memory."""
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -214,6 +263,20 @@ def _models(items: Any) -> tuple[ModelConfig, ...]:
     return tuple(models)
 
 
+def _sessions(data: Any, env: Mapping[str, str]) -> SessionsConfig:
+    sessions = _section(SessionsConfig, data, "sessions")
+    if env.get("GATEWAY_REDIS_URL"):
+        # The URL alone selects Redis: a worker given a Redis URL must not keep state alone.
+        sessions = replace(sessions, url=env["GATEWAY_REDIS_URL"], store="redis")
+    if env.get("GATEWAY_SESSIONS_STORE"):
+        sessions = replace(sessions, store=env["GATEWAY_SESSIONS_STORE"])
+    if sessions.store not in ("memory", "redis"):
+        raise ConfigError(f"[sessions] store must be 'memory' or 'redis', not {sessions.store!r}")
+    if sessions.lease_seconds <= 0 or sessions.redis_timeout <= 0:
+        raise ConfigError("[sessions] lease_seconds and redis_timeout must be positive")
+    return sessions
+
+
 def parse_api_keys(text: str) -> dict[str, str]:
     """``user_id:token,user_id:token`` (split at the first colon) -> {token: user_id}."""
     keys: dict[str, str] = {}
@@ -243,6 +306,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         "models",
         "default_model",
         "budgets",
+        "conversations",
+        "data_dir",
     }
     unknown = set(data) - known
     if unknown:
@@ -272,6 +337,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         server = replace(server, host=env["GATEWAY_HOST"])
     if env.get("GATEWAY_PORT"):
         server = replace(server, port=int(env["GATEWAY_PORT"]))
+    if env.get("GATEWAY_REUSE_PORT"):
+        server = replace(server, reuse_port=env["GATEWAY_REUSE_PORT"] == "1")
     if env.get("GATEWAY_ALLOWED_ORIGINS"):
         origins = tuple(o.strip() for o in env["GATEWAY_ALLOWED_ORIGINS"].split(",") if o.strip())
         server = replace(server, allowed_origins=origins)
@@ -281,13 +348,21 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     if default_model not in {m.name for m in models}:
         raise ConfigError(f"default_model {default_model!r} is not a configured model")
     budgets = tuple(_section(BudgetRule, b, "budgets") for b in (data.get("budgets") or []))
+    conversations = _section(ConversationsConfig, data.get("conversations"), "conversations")
+    if env.get("GATEWAY_CONVERSATIONS_URL"):
+        conversations = replace(conversations, url=env["GATEWAY_CONVERSATIONS_URL"])
+    data_dir = env.get("GATEWAY_DATA_DIR") or data.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ConfigError("data_dir must be a path string")
     return Config(
         server=server,
         auth=auth,
         limits=_section(LimitsConfig, data.get("limits"), "limits"),
-        sessions=_section(SessionsConfig, data.get("sessions"), "sessions"),
+        sessions=_sessions(data.get("sessions"), env),
         streams=_section(StreamsConfig, data.get("streams"), "streams"),
         models=models,
         default_model=default_model,
         budgets=budgets,
+        conversations=conversations,
+        data_dir=data_dir,
     )

@@ -19,6 +19,11 @@ no detail on the wire.
     ├── Cancelled               -32005
     ├── ModelUnavailable        -32006
     ├── BudgetExceeded          -32007  (data.retryAfter)
+    ├── StoreUnavailable        -32020  (data.retryAfter; shared state in Redis unreachable)
+    ├── ConversationNotFound    -32030  (unknown, or another user's)
+    ├── ConversationLimit       -32031  (data.limit, data.max)
+    ├── MessageNotFound         -32032
+    ├── ConversationBusy        -32033  (an answer is streaming in it)
     ├── StreamNotFound          -32040  (unknown, expired, or another user's stream)
     ├── StreamGap               -32041  (data.firstSeq: the oldest position still kept)
     └── UpstreamError           -32010  (data.retryable, data.provider, data.status)
@@ -38,6 +43,9 @@ from typing import Any
 __all__ = [
     "BudgetExceeded",
     "Cancelled",
+    "ConversationBusy",
+    "ConversationLimit",
+    "ConversationNotFound",
     "ErrorCode",
     "Forbidden",
     "GatewayError",
@@ -45,9 +53,11 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "LimitExceeded",
+    "MessageNotFound",
     "MethodNotFound",
     "ModelUnavailable",
     "ParseError",
+    "StoreUnavailable",
     "StreamGap",
     "StreamNotFound",
     "TokenExpired",
@@ -89,6 +99,14 @@ class ErrorCode(IntEnum):
     """The model exists but cannot serve (e.g. its API key is not configured)."""
     BUDGET_EXCEEDED = -32007
     """The user's token budget is spent; ``data.retryAfter`` says when it refills."""
+    CONVERSATION_NOT_FOUND = -32030
+    """No such conversation for this user (another user's is "not found" too)."""
+    CONVERSATION_LIMIT = -32031
+    """A conversation limit: conversations per user, messages per conversation, or size."""
+    MESSAGE_NOT_FOUND = -32032
+    """No such message in that conversation, or it has the wrong role for the call."""
+    CONVERSATION_BUSY = -32033
+    """An answer is already streaming in this conversation; wait for it or cancel it."""
     STREAM_NOT_FOUND = -32040
     """No such stream for this user: unknown, expired, or another user's (never told apart)."""
     STREAM_GAP = -32041
@@ -107,6 +125,8 @@ class ErrorCode(IntEnum):
     """The provider sent a stream the gateway could not understand."""
     UPSTREAM_POOL_TIMEOUT = -32016
     """All of the model's upstream connections (``max_connections``) stayed busy too long."""
+    STORE_UNAVAILABLE = -32020
+    """Shared state (Redis) cannot be reached now; ``data.retryAfter`` says when to try again."""
 
 
 class GatewayError(Exception):
@@ -185,6 +205,31 @@ class ModelUnavailable(GatewayError):
 class BudgetExceeded(GatewayError):
     code = ErrorCode.BUDGET_EXCEEDED
     default_message = "Token budget exceeded"
+
+
+class StoreUnavailable(GatewayError):
+    code = ErrorCode.STORE_UNAVAILABLE
+    default_message = "Shared state is unavailable; retry shortly"
+
+
+class ConversationNotFound(GatewayError):
+    code = ErrorCode.CONVERSATION_NOT_FOUND
+    default_message = "Conversation not found"
+
+
+class ConversationLimit(GatewayError):
+    code = ErrorCode.CONVERSATION_LIMIT
+    default_message = "Conversation limit reached"
+
+
+class MessageNotFound(GatewayError):
+    code = ErrorCode.MESSAGE_NOT_FOUND
+    default_message = "Message not found"
+
+
+class ConversationBusy(GatewayError):
+    code = ErrorCode.CONVERSATION_BUSY
+    default_message = "An answer is already streaming in this conversation"
 
 
 class StreamNotFound(GatewayError):

@@ -53,3 +53,24 @@ async def test_max_tokens_cuts_the_answer_with_finish_reason_length() -> None:
     chunks = [c async for c in provider.stream(ChatRequest(REQUEST.messages, max_tokens=4))]
     assert len("".join(c.text for c in chunks).split()) == 4
     assert chunks[-1].finish_reason == "length"
+
+
+async def test_asked_for_code_the_model_streams_a_fenced_block_that_runs() -> None:
+    """A request for code gets a real, deterministic fenced block; the stream keeps its layout."""
+    request = ChatRequest(messages=(Message("user", "write a python function please"),))
+    reply = compose_reply(request, model="m")
+    assert reply == compose_reply(request, model="m")
+    assert "```python\n" in reply and reply.rstrip().endswith("```")
+    assert "```" not in compose_reply(REQUEST, model="m")
+    quoted = ChatRequest(messages=(Message("user", "render `inline code` please"),))
+    assert "```" not in compose_reply(quoted, model="m")  # quoted, not asked for
+    pieces = []
+    async with asyncio.timeout(10):
+        async for chunk in OfflineProvider(_model(0)).stream(request):
+            pieces.append(chunk.text)
+    streamed = "".join(pieces)
+    assert streamed == reply
+    code = streamed.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code.replace("print(", "result = ("), "<offline>", "exec"), namespace)
+    assert namespace["result"] == "function python a write"  # the first four words, reversed

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -45,10 +46,10 @@ async def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     for name in ("GATEWAY_API_KEYS", "GATEWAY_JWT_SECRET", "GATEWAY_ADMINS", "GATEWAY_PORT"):
         monkeypatch.delenv(name, raising=False)
-    return {}
+    return {"GATEWAY_DATA_DIR": str(tmp_path / "data")}
 
 
 async def test_the_embedded_default_mints_a_token_that_works(clean_env: dict[str, str]) -> None:
@@ -80,9 +81,9 @@ async def test_the_embedded_default_mints_a_token_that_works(clean_env: dict[str
         proc.wait()
 
 
-async def test_sigterm_closes_sockets_with_1001_and_exits_zero(clean_env: dict[str, str]) -> None:
-    """SIGTERM stops accepting, closes every socket with 1001 and exits with status 0."""
-    proc, lines = await _start({"GATEWAY_API_KEYS": "alice:tok-a"})
+async def test_sigterm_drains_closes_with_1012_and_exits_zero(clean_env: dict[str, str]) -> None:
+    """SIGTERM lets the running answer finish, then closes its socket with 1012 and exits 0."""
+    proc, lines = await _start({**clean_env, "GATEWAY_API_KEYS": "alice:tok-a"})
     try:
         url = re.search(r"(ws://127\.0\.0\.1:\d+/ws)", "".join(lines))
         assert url
@@ -91,10 +92,12 @@ async def test_sigterm_closes_sockets_with_1001_and_exits_zero(clean_env: dict[s
             await ws.send('{"jsonrpc":"2.0","id":1,"method":"chat.postChat","params":["hi"]}')
             await ws.recv()
             proc.send_signal(signal.SIGTERM)
+            frames = []
             with pytest.raises(ConnectionClosed) as info:
                 while True:
-                    await ws.recv()
-            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+                    frames.append(json.loads(await ws.recv()))
+            assert frames[-1]["result"]["finishReason"] == "stop"
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1012
             assert await asyncio.to_thread(proc.wait) == 0
     finally:
         if proc.poll() is None:

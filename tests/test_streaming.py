@@ -51,7 +51,7 @@ def _call_tasks() -> set[asyncio.Task[object]]:
 async def _settle(gw: Gateway) -> None:
     """Wait until no call task and no chat stream is left."""
     async with asyncio.timeout(5):
-        while _call_tasks() or gw.chat._streams:
+        while _call_tasks() or gw.leases.held("stream"):
             await asyncio.sleep(0.01)
 
 
@@ -107,7 +107,7 @@ async def test_disconnect_mid_stream_leaves_no_task_behind() -> None:
         await _settle(gw)
         assert _call_tasks() <= baseline
         assert firehose.running == 0 and firehose.closed == 3
-        assert not gw.chat._streams
+        assert not gw.leases.held("stream")
         assert not gw.connections
 
 

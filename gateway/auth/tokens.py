@@ -1,7 +1,9 @@
 """Tokens -> users: static API keys and signed expiring tokens (HS256 JWT).
 
 Static keys are looked up by their SHA-256 digest, so the lookup time says
-nothing about how much of a guessed key was right.
+nothing about how much of a guessed key was right. Logins from the wire go
+through :meth:`Authenticator.login`, which applies the failed-login limits of
+:mod:`gateway.auth.throttle`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from gateway.auth.throttle import LoginThrottle
 from gateway.config import AuthConfig
 from gateway.context import User
 from gateway.errors import TokenExpired, Unauthenticated
@@ -33,12 +36,46 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+class _SignedTokenExpired(TokenExpired):
+    """Expired, but correctly signed: ``signed_user`` is who the secret vouches for."""
+
+    def __init__(self, message: str, signed_user: str | None) -> None:
+        super().__init__(message)
+        self.signed_user = signed_user
+
+
+class _SignedTokenRefused(Unauthenticated):
+    """Refused although correctly signed (wrong issuer, claims missing or malformed)."""
+
+    def __init__(self, message: str, signed_user: str | None) -> None:
+        super().__init__(message)
+        self.signed_user = signed_user
+
+
 class Authenticator:
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, *, throttle: LoginThrottle | None = None) -> None:
         self._keys = {_digest(token): user for token, user in config.api_keys.items()}
         self._admins = config.admins
         self._secret = config.jwt_secret
         self._issuer = config.jwt_issuer
+        self._throttle = throttle
+
+    def login(self, token: object, source: str | None) -> Identity:
+        """:meth:`authenticate` for a login from the wire, under the failed-login limits.
+
+        Raises ``LoginThrottled`` (-32004 ``failedLogins``) when ``source`` (the
+        client's address) has failed too often, or when this failure is one too
+        many for the user a correctly signed token names.
+        """
+        if self._throttle is None:
+            return self.authenticate(token)
+        self._throttle.check(source)
+        try:
+            return self.authenticate(token)
+        except (Unauthenticated, TokenExpired) as exc:
+            signed_user = getattr(exc, "signed_user", None)
+            self._throttle.failed(source, signed_user)
+            raise
 
     def authenticate(self, token: object) -> Identity:
         """The identity behind ``token``; raises Unauthenticated or TokenExpired."""
@@ -55,6 +92,23 @@ class Authenticator:
     def _decode_jwt(self, token: str) -> Identity:
         assert self._secret is not None
         try:
+            # The signature alone first: only a correctly signed token names a user.
+            unchecked = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                options={
+                    "verify_exp": False,
+                    "verify_iss": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.PyJWTError:
+            raise Unauthenticated("Invalid token") from None
+        signed = unchecked.get("sub") if isinstance(unchecked, dict) else None
+        signed_user = signed if isinstance(signed, str) and signed else None
+        try:
             claims = jwt.decode(
                 token,
                 self._secret,
@@ -63,13 +117,15 @@ class Authenticator:
                 options={"require": ["sub", "exp", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise TokenExpired("Token expired; get a new one and log in again") from None
+            raise _SignedTokenExpired(
+                "Token expired; get a new one and log in again", signed_user
+            ) from None
         except jwt.PyJWTError:
-            raise Unauthenticated("Invalid token") from None
+            raise _SignedTokenRefused("Invalid token", signed_user) from None
         sub = claims["sub"]
         roles = claims.get("roles", [])
         if not isinstance(sub, str) or not sub or not isinstance(roles, list):
-            raise Unauthenticated("Invalid token")
+            raise _SignedTokenRefused("Invalid token", signed_user)
         user = User(
             id=sub,
             name=str(claims.get("name") or sub),

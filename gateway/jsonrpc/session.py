@@ -81,9 +81,10 @@ class SessionLimits:
     max_inflight: int = 32
     """Calls (requests and notifications) running at once on one connection.
 
-    A batch counts as one call (``max_batch`` bounds its items, the rate limit
-    its calls): counting its items would refuse part of any batch larger than
-    this, although ``max_batch`` allows it."""
+    A batch counts as one call, however many of its items still run
+    (``max_batch`` bounds its items, the rate limit its calls): counting its
+    items would refuse part of any batch larger than this, although
+    ``max_batch`` allows it, and would refuse single calls after it."""
     max_batch: int = 100
     """Items in one batch."""
     # Flood control
@@ -92,9 +93,16 @@ class SessionLimits:
     burst: int = 100
     """Calls allowed at once above the sustained rate."""
     flood_limit: int = 200
-    """Calls refused for rate in a row before ``on_abuse("flood")`` is called."""
+    """Flood score at which ``on_abuse("flood")`` is called.
+
+    Each call refused for rate adds 1; the score drains by ``rate`` per
+    second (never below 0). Admitted calls do not reset it, so a client that
+    keeps sending faster than twice the rate reaches it however the bucket
+    refills, and one that waits out ``retryAfter`` never does."""
     garbage_limit: int = 50
-    """Frames in a row that are not JSON-RPC before ``on_abuse("garbage")`` is called."""
+    """Frames in a row that are not JSON-RPC before ``on_abuse("garbage")`` is called.
+
+    Any well-formed JSON-RPC message resets the count, whatever its answer."""
 
 
 @dataclass(slots=True)
@@ -160,11 +168,15 @@ class RpcSession:
         self._on_abuse = on_abuse
         self._garbage_in_a_row = 0
         self._bucket = _Bucket(rate=limits.rate, burst=limits.burst, tokens=limits.burst)
-        self._refused_in_a_row = 0
+        self._flood_score = 0.0
+        self._flood_stamp = time.monotonic()
         self._inflight: dict[tuple[str, Any], _Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        """Every task this session started (close() cancels all but the producers)."""
         self._producers: set[asyncio.Task[Any]] = set()
         """Calls producing a logged stream: close() leaves them running (the stream log's)."""
+        self._units: set[asyncio.Task[Any]] = set()
+        """Tasks counted by ``max_inflight``: one per single call, one per batch."""
         self._closing = False
 
     # Inbound
@@ -179,6 +191,7 @@ class RpcSession:
             return
         if isinstance(message, list):
             if not message:
+                self._garbage()
                 await self._send(_error(None, InvalidRequest("Invalid Request: empty batch")))
             elif len(message) > self._limits.max_batch:
                 await self._send(
@@ -189,10 +202,13 @@ class RpcSession:
                         ),
                     )
                 )
-            elif len(self._tasks) >= self._limits.max_inflight:
+            elif len(self._units) >= self._limits.max_inflight:
                 await self._send(_error(None, self._too_many_inflight()))
             else:
-                self._spawn(self._run_batch(message), contextvars.copy_context())
+                # Started now, in arrival order: admission and the garbage count are
+                # decided before the next frame is read.
+                started = [self._start(item, in_batch=True) for item in message]
+                self._count(self._spawn(self._run_batch(started), contextvars.copy_context()))
             return
         response = self._start(message, in_batch=False)
         if isinstance(response, dict):
@@ -205,6 +221,8 @@ class RpcSession:
         reply_id = id_ if not is_notification and _valid_id(id_) else None
         try:
             method, params = self._validate(item)
+            # Well-formed JSON-RPC, whatever its answer: not garbage.
+            self._garbage_in_a_row = 0
             if method == "rpc.cancel":
                 return self._cancel_from(params, id_)
             spec = self._registry.get(method)
@@ -213,7 +231,7 @@ class RpcSession:
             self._admit()
             context = self._authorize(spec)
             bound = spec.bind(params)
-            if not in_batch and len(self._tasks) >= self._limits.max_inflight:
+            if not in_batch and len(self._units) >= self._limits.max_inflight:
                 raise self._too_many_inflight()
         except GatewayError as exc:
             if isinstance(exc, InvalidRequest):
@@ -221,7 +239,10 @@ class RpcSession:
             elif is_notification:
                 return None
             return _error(reply_id, exc)
-        self._garbage_in_a_row = 0
+        if is_notification and spec.streaming:
+            # Nobody could read its deltas or cancel it (they would carry id null):
+            # a streaming method called as a notification is not run at all.
+            return None
         call = _Call(id=None if is_notification else id_, spec=spec, notification=is_notification)
         if not is_notification:
             key = _id_key(id_)
@@ -235,6 +256,8 @@ class RpcSession:
         else:
             runner = self._answer(call, bound.args, bound.kwargs)
         call.task = self._spawn(runner, context)
+        if not in_batch:
+            self._count(call.task)
         return call.task
 
     def _validate(self, item: Any) -> tuple[str, Any]:
@@ -270,10 +293,13 @@ class RpcSession:
     def _admit(self) -> None:
         wait = self._bucket.take()
         if not wait:
-            self._refused_in_a_row = 0
             return
-        self._refused_in_a_row += 1
-        if self._refused_in_a_row >= self._limits.flood_limit and self._on_abuse is not None:
+        now = time.monotonic()
+        drained = (now - self._flood_stamp) * self._limits.rate
+        self._flood_score = max(0.0, self._flood_score - drained) + 1
+        self._flood_stamp = now
+        # "More than limit - 1": the limit-th refusal counts even if a fraction has drained.
+        if self._flood_score > self._limits.flood_limit - 1 and self._on_abuse is not None:
             self._on_abuse("flood")
         raise LimitExceeded(
             "Too many requests on this connection; slow down",
@@ -317,18 +343,23 @@ class RpcSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _count(self, task: asyncio.Task[Any]) -> None:
+        self._units.add(task)
+        task.add_done_callback(self._units.discard)
+
     async def _answer(self, call: _Call, args: Any, kwargs: Any) -> None:
         response = await self._execute(call, args, kwargs)
         if response is not None:
             await self._send(response)
 
-    async def _run_batch(self, items: list[Any]) -> None:
-        started = [self._start(item, in_batch=True) for item in items]
+    async def _run_batch(self, started: list[dict[str, Any] | asyncio.Task[Any] | None]) -> None:
         responses = []
         for entry in started:
             if isinstance(entry, asyncio.Task):
                 try:
-                    entry = await entry
+                    # Shielded: close() cancels this batch, which must not cancel a call
+                    # producing a logged stream (close() cancels the other calls itself).
+                    entry = await asyncio.shield(entry)
                 except asyncio.CancelledError:
                     if self._closing:
                         raise
@@ -458,7 +489,11 @@ class RpcSession:
 
     async def _send(self, message: Any) -> None:
         try:
-            await self.outbound.put(encode(message))
+            frame = encode(message)
+        except (TypeError, ValueError, RecursionError):
+            frame = encode(_unencodable(message))
+        try:
+            await self.outbound.put(frame)
         except OutboundClosed:
             pass
 
@@ -466,6 +501,7 @@ class RpcSession:
 
     @property
     def inflight(self) -> int:
+        """Tasks running: one per call, plus one per batch."""
         return len(self._tasks)
 
     async def close(self, *, timeout: float = 5.0) -> None:
@@ -491,6 +527,18 @@ class _LoggedError(GatewayError):
 
     def to_error(self) -> dict[str, Any]:
         return self.error
+
+
+def _unencodable(message: Any) -> Any:
+    """``message`` with each response JSON cannot hold replaced by -32603 (a bug to log)."""
+    if isinstance(message, list):
+        return [_unencodable(item) for item in message]
+    try:
+        encode(message)
+    except (TypeError, ValueError, RecursionError):
+        log.exception("cannot encode the response to id %r", message.get("id"))
+        return _error(message.get("id"), InternalError())
+    return message
 
 
 def _uncancel() -> None:

@@ -11,10 +11,9 @@ Streaming methods yield text pieces and end with a :class:`Final` result::
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from gateway.config import LimitsConfig
@@ -25,9 +24,11 @@ from gateway.errors import (
     InvalidParams,
     LimitExceeded,
     ModelUnavailable,
+    StoreUnavailable,
     UpstreamError,
 )
 from gateway.jsonrpc.registry import Final, Reasoning
+from gateway.leases import Leases, MemoryLeases
 from gateway.modules.base import exposed
 from gateway.modules.llm import LLMModule
 from gateway.providers.base import ChatRequest, Message, Usage
@@ -35,6 +36,8 @@ from gateway.providers.router import ModelRouter, RoutedStream
 from gateway.sessions.store import SessionStore
 
 __all__ = ["ChatModule", "TokenBudget"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ROLES = ("user", "assistant", "system")
@@ -44,11 +47,13 @@ PARAM_KEYS = ("temperature", "maxTokens", "systemPrompt")
 class TokenBudget(Protocol):
     """Per-user token budgets (see :mod:`gateway.budgets`)."""
 
-    def check(self, user: User) -> None: ...
+    async def check(self, user: User) -> None:
+        """Raise ``BudgetExceeded`` if the user has spent a budget."""
+        ...
 
-    def record(self, user: User, tokens: int) -> None: ...
+    async def record(self, user: User, tokens: int) -> None: ...
 
-    def usage(self, user_id: str) -> dict[str, Any]: ...
+    async def usage(self, user: User) -> dict[str, Any]: ...
 
 
 class ChatModule(LLMModule):
@@ -62,11 +67,12 @@ class ChatModule(LLMModule):
         default_model: str,
         limits: LimitsConfig | None = None,
         budget: TokenBudget | None = None,
+        leases: Leases | None = None,
     ) -> None:
         super().__init__(router=router, store=store, default_model=default_model)
         self.limits = limits or LimitsConfig()
         self.budget = budget
-        self._streams: Counter[str] = Counter()
+        self.leases: Leases = leases or MemoryLeases()
 
     # Streaming chat
 
@@ -190,7 +196,7 @@ class ChatModule(LLMModule):
         user = current_user()
         stats = await self.session_stats(detail=user.is_admin)
         if self.budget is not None:
-            stats["you"]["budget"] = self.budget.usage(user.id)
+            stats["you"]["budget"] = await self.budget.usage(user)
         return stats
 
     @exposed("getAllSessions")
@@ -244,21 +250,13 @@ class ChatModule(LLMModule):
             )
         return turns
 
-    @contextlib.contextmanager
-    def _stream_slot(self, user: User) -> Iterator[None]:
+    async def _take_stream_slot(self, user: User) -> None:
         most = self.limits.streams_per_user
-        if self._streams[user.id] >= most:
+        if not await self.leases.acquire("stream", user.id, most):
             raise LimitExceeded(
                 f"You already have {most} answers streaming; wait for one to finish",
                 {"limit": "streamsPerUser", "max": most},
             )
-        self._streams[user.id] += 1
-        try:
-            yield
-        finally:
-            self._streams[user.id] -= 1
-            if not self._streams[user.id]:
-                del self._streams[user.id]
 
     async def _chat(
         self,
@@ -269,19 +267,22 @@ class ChatModule(LLMModule):
         temperature: float | None = None,
         max_tokens: int | None = None,
         reasoning: bool = False,
+        model: str | None = None,
     ) -> AsyncIterator[str | Final]:
         """The answer's text pieces (and with ``reasoning``, its reasoning as
-        :class:`Reasoning` pieces; without, reasoning is only counted), then its Final."""
+        :class:`Reasoning` pieces; without, reasoning is only counted), then its Final.
+        ``model`` overrides the user's choice (a stored conversation's)."""
         user = current_user()
         if self.budget is not None:
-            self.budget.check(user)
-        model = await self.get_user_model()
+            await self.budget.check(user)
+        model = model or await self.get_user_model()
         request = ChatRequest(
             messages=(Message("system", system), *history, message),
             temperature=temperature,
             max_tokens=max_tokens,
         )
-        with self._stream_slot(user):
+        await self._take_stream_slot(user)
+        try:
             stream = self.router.open(model, request)
             streamed = False
             try:
@@ -305,6 +306,8 @@ class ChatModule(LLMModule):
                 # Closes the upstream at once, whether we finished, failed or were cancelled.
                 await stream.aclose()
             yield Final(await self._finish(user, stream, None))
+        finally:
+            await self.leases.release("stream", user.id)
 
     async def _finish(
         self,
@@ -317,11 +320,15 @@ class ChatModule(LLMModule):
         used = result.model if result is not None else stream.model
         usage: Usage = result.usage if result is not None else stream.partial_usage()
         cost = self.router.cost(used, usage)
-        if self.budget is not None:
-            self.budget.record(user, usage.total_tokens)
-        await self.store.add_usage(
-            user.id, usage.prompt_tokens, usage.completion_tokens, cost or 0.0, time.time()
-        )
+        try:
+            if self.budget is not None:
+                await self.budget.record(user, usage.total_tokens)
+            await self.store.add_usage(
+                user.id, usage.prompt_tokens, usage.completion_tokens, cost or 0.0, time.time()
+            )
+        except StoreUnavailable:
+            # The answer is out already: it ends normally, uncounted (protocol.md says so).
+            log.debug("usage of %s not counted: shared state unavailable", user.id)
         out: dict[str, Any] = {
             "finishReason": finish or (result.finish_reason if result else "stop"),
             "model": used,

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from gateway.context import current_user
+from gateway.errors import StoreUnavailable
 from gateway.modules.base import Module
 from gateway.providers.router import ModelRouter
 from gateway.sessions.store import SessionData, SessionStore
@@ -55,6 +56,8 @@ class LLMModule(Module):
             await asyncio.sleep(interval)
             try:
                 await self.cleanup_old_sessions(max_age_hours)
+            except StoreUnavailable:
+                pass  # Logged by the Redis link; the next round catches up.
             except Exception:
                 log.exception("session cleanup failed")
 

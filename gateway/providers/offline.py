@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator
 
 from gateway.providers.base import ChatRequest, Chunk, ModelConfig
 
-__all__ = ["OfflineProvider", "compose_reply"]
+__all__ = ["OfflineProvider", "code_sample", "compose_reply"]
 
 _OPENERS = (
     "Here is what I make of it.",
@@ -22,6 +23,66 @@ _BODY = (
     "Switch models with chat.setModel, or stop me at any time with rpc.cancel.",
     "A real provider would answer this properly; I can only reflect it back.",
 )
+
+
+_ASKS_FOR_CODE = re.compile(
+    r"\b(code|function|script|program|snippet|implement|sql|python|"
+    r"javascript|typescript|js|bash|shell)\b",
+    re.IGNORECASE,
+)
+_SAMPLES = {
+    "python": (
+        "def reverse_words(text: str) -> str:\n"
+        '    """Return the words of text in reverse order."""\n'
+        '    return " ".join(reversed(text.split()))\n'
+        "\n"
+        "\n"
+        'print(reverse_words("{words}"))'
+    ),
+    "javascript": (
+        "function reverseWords(text) {{\n"
+        "  // Return the words of text in reverse order.\n"
+        '  return text.split(/\\s+/).reverse().join(" ");\n'
+        "}}\n"
+        "\n"
+        'console.log(reverseWords("{words}"));'
+    ),
+    "bash": (
+        "#!/usr/bin/env bash\n"
+        "# Print the words of a sentence in reverse order.\n"
+        "words=({words})\n"
+        'for (( i=${{#words[@]}}-1; i>=0; i-- )); do printf "%s " "${{words[i]}}"; done\n'
+        "echo"
+    ),
+    "sql": (
+        "-- The ten most recent conversations of one user.\n"
+        "SELECT id, title, updated_at\n"
+        "FROM conversations\n"
+        "WHERE user_id = 'local'\n"
+        "ORDER BY updated_at DESC\n"
+        "LIMIT 10;"
+    ),
+}
+_LANGUAGES = (
+    ("javascript", ("javascript", "typescript", "js", "node")),
+    ("bash", ("bash", "shell", "sh")),
+    ("sql", ("sql", "query", "database")),
+    ("python", ()),
+)
+
+
+def code_sample(question: str) -> str | None:
+    """A fenced code block when ``question`` asks for code, else None (deterministic).
+
+    Text in backticks is quoted, not asked for: "show `inline code`" gets no sample.
+    """
+    if not _ASKS_FOR_CODE.search(re.sub(r"`[^`]*`", " ", question)):
+        return None
+    lowered = set(re.findall(r"[a-z]+", question.lower()))
+    language = next(lang for lang, names in _LANGUAGES if not names or lowered & set(names))
+    words = " ".join(re.findall(r"[A-Za-z]+", question)[:4]) or "hello offline world"
+    body = _SAMPLES[language].format(words=words)
+    return f"Here is a small {language} example:\n\n```{language}\n{body}\n```\n"
 
 
 def compose_reply(request: ChatRequest, *, model: str) -> str:
@@ -39,7 +100,9 @@ def compose_reply(request: ChatRequest, *, model: str) -> str:
         _BODY[digest[1] % len(_BODY)],
         _BODY[(digest[1] + 1) % len(_BODY)],
     ]
-    return " ".join(p for p in parts if p)
+    reply = " ".join(p for p in parts if p)
+    sample = code_sample(last)
+    return f"{reply}\n\n{sample}" if sample else reply
 
 
 class OfflineProvider:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.auth.throttle import LoginThrottled
 from gateway.auth.tokens import Authenticator, Identity
 from gateway.errors import LimitExceeded, TokenExpired, Unauthenticated
 from gateway.modules.base import Module, exposed
@@ -25,7 +26,10 @@ class AuthModule(Module):
 
     def _check(self, conn: Connection, token: str) -> Identity:
         try:
-            return self._authenticator.authenticate(token)
+            return self._authenticator.login(token, conn.remote_host)
+        except LoginThrottled:
+            conn.close_soon(CloseCode.LOGIN_THROTTLED, "too many failed logins")
+            raise
         except TokenExpired:
             conn.close_soon(CloseCode.TOKEN_EXPIRED, "token expired")
             raise
@@ -41,7 +45,7 @@ class AuthModule(Module):
             return await self.refresh(token)
         identity = self._check(conn, token)
         try:
-            conn.login(identity)
+            await conn.login(identity)
         except LimitExceeded:
             conn.close_soon(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
             raise
@@ -52,7 +56,7 @@ class AuthModule(Module):
         """Swap this connection's credentials for a new token of the same user."""
         conn = current_connection()
         identity = self._check(conn, token)
-        conn.login(identity)
+        await conn.login(identity)
         return _describe(identity)
 
     @exposed("whoami")

@@ -16,6 +16,8 @@ class CloseCode(IntEnum):
     """The client or server ended the connection normally."""
     GOING_AWAY = 1001
     """The server is shutting down; reconnect to another instance or later."""
+    PROTOCOL_ERROR = 1002
+    """The client broke RFC 6455 (e.g. an unmasked frame); sent by websockets itself."""
     UNSUPPORTED_DATA = 1003
     """A binary frame arrived; the gateway speaks JSON-RPC in text frames only."""
     INVALID_PAYLOAD = 1007
@@ -24,6 +26,8 @@ class CloseCode(IntEnum):
     """A frame was larger than ``max_frame_bytes`` (default 1 MiB)."""
     INTERNAL_ERROR = 1011
     """The server failed (or the client stopped answering pings)."""
+    SERVICE_RESTART = 1012
+    """This process is draining (SIGTERM): reconnect at once; the port's other workers serve."""
     TRY_AGAIN_LATER = 1013
     """The server holds ``max_connections`` already; reconnect after a backoff."""
     # 4000-4499: may reconnect
@@ -31,6 +35,10 @@ class CloseCode(IntEnum):
     """The client read too slowly: a frame could not be written within ``send_timeout``."""
     TOO_MANY_REQUESTS = 4001
     """The client kept calling after being told to slow down (-32004 requestsPerSecond)."""
+    LOGIN_THROTTLED = 4002
+    """Too many failed logins (-32004 failedLogins); reconnect after ``retryAfter`` seconds."""
+    STORE_UNAVAILABLE = 4010
+    """Logged in by header while shared state (Redis) was unreachable; reconnect after a backoff."""
     # 4500-4999: do not reconnect without a change
     INVALID_TOKEN = 4500
     """The token is unknown, forged or malformed."""

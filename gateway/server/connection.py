@@ -11,7 +11,6 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections import Counter
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -76,24 +75,32 @@ class Connection:
     # Authentication
 
     @property
+    def remote_host(self) -> str | None:
+        """The client's IP address (for the failed-login limit)."""
+        address = self.ws.remote_address
+        return str(address[0]) if address else None
+
+    @property
     def user(self) -> User | None:
         return self.identity.user if self.identity else None
 
-    def login(self, identity: Identity) -> None:
-        """Bind ``identity`` to this connection (first login, or refresh of the same user)."""
-        counts: Counter[str] = self.gateway.user_connections
+    async def login(self, identity: Identity) -> None:
+        """Bind ``identity`` to this connection (first login, or refresh of the same user).
+
+        The first login takes a ``connections_per_user`` lease (across every
+        process sharing the store); ``StoreUnavailable`` if that cannot be asked.
+        """
         if self.identity is not None:
             if identity.user.id != self.identity.user.id:
                 raise Forbidden("auth.refresh must keep the same user; open a new connection")
             self.identity = identity
             return
         most = self.gateway.config.limits.connections_per_user
-        if counts[identity.user.id] >= most:
+        if not await self.gateway.leases.acquire("conn", identity.user.id, most):
             raise LimitExceeded(
                 f"You already have {most} connections open",
                 {"limit": "connectionsPerUser", "max": most},
             )
-        counts[identity.user.id] += 1
         self.identity = identity
 
     def _authorize(self, spec: MethodSpec) -> contextvars.Context:
@@ -130,7 +137,7 @@ class Connection:
             while True:
                 frame = await self.outbound.get()
                 if not frame and self._close_request is not None:
-                    await self.ws.close(*self._close_request)
+                    await self._close(*self._close_request)
                     return
                 # The deadline is checked by the gateway's watchdog, not a timer per frame.
                 self.send_started = loop.time()
@@ -152,16 +159,33 @@ class Connection:
         return True
 
     def check_send_deadline(self, now: float, send_timeout: float) -> None:
-        """Close with 4000 if the frame being written has been stuck past ``send_timeout``."""
+        """Close with 4000 if the frame being written, or the transport's write buffer (pongs
+        included), has been stuck past ``send_timeout``."""
         started = self.send_started
+        blocked = getattr(self.ws, "write_blocked_since", None)
+        if blocked is not None and (started is None or blocked < started):
+            started = blocked
         if started is None or now - started <= send_timeout or self._close_request is not None:
             return
         log.info("closing slow consumer %s", self.ws.id)
         self._close_request = (CloseCode.SLOW_CONSUMER, "slow consumer")
         self.outbound.close()
         self._closing = asyncio.get_running_loop().create_task(
-            self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            self._close(CloseCode.SLOW_CONSUMER, "slow consumer")
         )
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``; drop the TCP connection if that takes ``close_timeout``.
+
+        websockets' close waits for the close frame to be written: a client that
+        stopped reading would hold the connection (and its buffers) forever.
+        """
+        try:
+            async with asyncio.timeout(self.gateway.config.server.close_timeout):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            log.info("dropping %s: close %d not written in time", self.ws.id, code)
+            self.ws.transport.abort()
 
     async def serve(self) -> None:
         """Run the connection until it closes; cancels everything it started."""
@@ -188,10 +212,7 @@ class Connection:
                 self._closing.cancel()
             await asyncio.gather(writer, *(t for t in [self._closing] if t), return_exceptions=True)
             if self.identity is not None:
-                counts = self.gateway.user_connections
-                counts[self.identity.user.id] -= 1
-                if counts[self.identity.user.id] <= 0:
-                    del counts[self.identity.user.id]
+                await self.gateway.leases.release("conn", self.identity.user.id)
 
     def _auth_deadline(self) -> None:
         if self.identity is None:

@@ -41,6 +41,8 @@ USERS = (
     "nora",
     "omar",
     "pia",
+    "quinn",
+    *(f"user{i:02d}" for i in range(40)),
 )
 API_KEYS = ",".join(f"{u}:tok-{u}" for u in USERS)
 START_TIMEOUT = 30.0
@@ -64,9 +66,18 @@ def free_port() -> int:
 class GatewayProcess:
     """``python -m gateway serve`` on a fixed port; can be stopped and started again."""
 
-    def __init__(self, port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        port: int,
+        log_dir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.log_dir = log_dir
+        self.args = args
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         self.starts = 0
@@ -79,14 +90,21 @@ class GatewayProcess:
         # GATEWAY_TEST_SERVER_CMD lets a developer point these tests at another build.
         override = os.environ.get("GATEWAY_TEST_SERVER_CMD")
         base = shlex.split(override) if override else [sys.executable, "-m", "gateway", "serve"]
-        return [*base, "--port", str(self.port)]
+        return [*base, "--port", str(self.port), *self.args]
 
     def start(self) -> None:
         assert self.proc is None, "already running"
         self.starts += 1
         self.log_path = self.log_dir / f"gateway-{self.port}-{self.starts}.log"
         env = dict(os.environ)
-        env.update(GATEWAY_API_KEYS=API_KEYS, PYTHONUNBUFFERED="1")
+        # Conversations and sessions live in the test's own data directory (kept across a
+        # restart of the same GatewayProcess), never in the checkout's ./.gateway.
+        env.update(
+            GATEWAY_API_KEYS=API_KEYS,
+            GATEWAY_DATA_DIR=str(self.log_dir / "data"),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.env)
         env.pop("GATEWAY_CONFIG", None)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -158,7 +176,10 @@ def own_gateway(tmp_path: Path, chromium_path: Path) -> Iterator[GatewayProcess]
 
 @pytest.fixture(scope="module")
 def browser(chromium_path: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # The machine is shared and often loaded: give assertions the same 15 s as actions.
+    expect.set_options(timeout=15_000)
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(chromium_path), args=LAUNCH_ARGS)

@@ -13,82 +13,33 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import (
+    ANSWER,
+    LONG_MESSAGE,
+    answer,
+    body_text,
+    calls,
+    choose_model,
+    expect_connected,
+    message_count,
+    send,
+    sign_in,
+    wait_finished,
+    wait_for,
+    wait_stored,
+)
+
 REPO = Path(__file__).resolve().parents[2]
-ANSWER = ".message.assistant"
-LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))
 
 
-# ---------------------------------------------------------------------------
-# helpers
-
-
-def sign_in(page: Page, base_url: str, user: str) -> None:
-    page.goto(f"{base_url}/#token=tok-{user}")
-    expect_connected(page)
-    expect(page.locator("#model-select option")).not_to_have_count(0)
-    expect(page.locator("#model-select")).to_be_enabled()
-
-
-def expect_connected(page: Page, timeout: float = 15_000) -> None:
-    expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=timeout)
-
-
-def choose_model(page: Page, name: str) -> None:
-    if page.locator("#model-select").input_value() == name:
-        return
-    before = len(page.ws_log.calls("chat.setModel"))  # type: ignore[attr-defined]
-    page.select_option("#model-select", name)
-    wait_for(lambda: len(page.ws_log.calls("chat.setModel")) > before, "setModel sent")  # type: ignore[attr-defined]
-    # Answered when the select is usable again.
-    expect(page.locator("#model-select")).to_be_enabled()
-    expect(page.locator("#model-select")).to_have_value(name)
-
-
-def send(page: Page, text: str) -> None:
-    page.fill("#prompt", text)
-    page.press("#prompt", "Enter")
-
-
-def answer(page: Page, index: int = -1) -> Any:
-    answers = page.locator(ANSWER)
-    return answers.last if index == -1 else answers.nth(index)
-
-
-def wait_finished(page: Page, index: int = -1, timeout: float = 20_000) -> Any:
-    loc = answer(page, index)
-    expect(loc).to_have_attribute("data-finish", re.compile(r".+"), timeout=timeout)
-    return loc
-
-
-def body_text(loc: Any) -> str:
-    return str(loc.locator(".message-body").inner_text())
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {what}")
-
-
-def chat_calls(page: Page) -> list[dict[str, Any]]:
-    return page.ws_log.calls("chat.chatWithHistory")  # type: ignore[attr-defined]
-
-
-def params_of(call: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
-    p = call["params"]
-    if isinstance(p, dict):
-        return p["message"], p.get("history", [])
-    return p[0], p[1] if len(p) > 1 else []
+def send_calls(page: Page) -> list[dict[str, Any]]:
+    return calls(page, "conversation.send")
 
 
 # ---------------------------------------------------------------------------
@@ -97,12 +48,12 @@ def params_of(call: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
 
 def test_sign_in_with_token_in_fragment(page: Page, gateway: Any) -> None:
     sign_in(page, gateway.base_url, "alice")
-    # The token leaves the address bar and is remembered for the tab.
-    assert "token" not in page.url
-    assert page.evaluate("sessionStorage.getItem('gateway.token')") == "tok-alice"
+    # The token leaves the address bar and is remembered by the browser.
+    assert "token" not in page.evaluate("location.href")
+    assert page.evaluate("localStorage.getItem('gateway.token')") == "tok-alice"
     expect(page.locator("#user-name")).to_have_text("alice")
     expect(page.locator("#prompt")).to_be_focused()
-    logins = page.ws_log.calls("auth.login")  # type: ignore[attr-defined]
+    logins = calls(page, "auth.login")
     assert logins and logins[0]["params"] == {"token": "tok-alice"}
     # First frame on the socket is the login.
     assert page.ws_log.sent[0]["method"] == "auth.login"  # type: ignore[attr-defined]
@@ -111,10 +62,37 @@ def test_sign_in_with_token_in_fragment(page: Page, gateway: Any) -> None:
     expect_connected(page)
     expect(page.locator("#sign-in-view")).to_be_hidden()
 
+    # Signing out asks first; Cancel keeps the session.
     page.click("#sign-out")
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    page.click("[data-testid=confirm-cancel]")
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+    expect_connected(page)
+    page.click("#sign-out")
+    page.click("[data-testid=confirm-ok]")
     expect(page.locator("#sign-in-view")).to_be_visible()
     expect(page.locator("#status")).to_have_attribute("data-state", "signed-out")
-    assert page.evaluate("sessionStorage.getItem('gateway.token')") is None
+    assert page.evaluate("localStorage.getItem('gateway.token')") is None
+
+
+def test_sign_in_survives_a_new_tab(context_factory: Any, gateway: Any) -> None:
+    from tests.browser.conftest import instrument
+
+    ctx = context_factory()
+    first = instrument(ctx.new_page())
+    sign_in(first, gateway.base_url, "pia")
+    # A new tab of the same browser, opened without the link: signed in already.
+    second = instrument(ctx.new_page())
+    second.goto(gateway.base_url + "/")
+    expect_connected(second)
+    expect(second.locator("#sign-in-view")).to_be_hidden()
+    assert calls(second, "auth.login")[0]["params"] == {"token": "tok-pia"}
+    # Signing out in one tab signs out the other as well.
+    second.click("#sign-out")
+    second.click("[data-testid=confirm-ok]")
+    expect(first.locator("#sign-in-view")).to_be_visible()
+    expect(first.locator("#sign-in-message")).to_contain_text("another tab")
+    assert not first.page_errors and not second.page_errors
 
 
 def test_sign_in_with_typed_token_keyboard_only(page: Page, gateway: Any) -> None:
@@ -126,8 +104,8 @@ def test_sign_in_with_typed_token_keyboard_only(page: Page, gateway: Any) -> Non
     page.keyboard.press("Enter")
     expect_connected(page)
     expect(page.locator("#chat-view")).to_be_visible()
+    expect(page.locator("#model-select")).to_be_enabled()  # the models arrived
     options = page.locator("#model-select option")
-    expect(options).not_to_have_count(0)
     names = options.evaluate_all("os => os.map(o => o.value)")
     assert {"offline", "offline-fast"} <= set(names)
     expect(page.locator("#model-select")).to_have_value("offline")
@@ -146,10 +124,10 @@ def test_rejected_token_shows_message(page: Page, gateway: Any) -> None:
     expect(msg).to_contain_text("not accepted")
     expect(page.locator("#status")).to_have_attribute("data-state", "signed-out")
     expect(page.locator("#sign-in-view")).to_be_visible()
-    assert page.evaluate("sessionStorage.getItem('gateway.token')") is None
+    assert page.evaluate("localStorage.getItem('gateway.token')") is None
     # No reconnect loop after a 45xx close: a single socket was opened.
     page.wait_for_timeout(1500)
-    assert len(page.ws_log.calls("auth.login")) == 1  # type: ignore[attr-defined]
+    assert len(calls(page, "auth.login")) == 1
 
     # A good token typed into the form then works.
     page.fill("#token-input", "tok-bob")
@@ -187,7 +165,7 @@ def test_model_switch_persists_after_reload(page: Page, gateway: Any, open_page:
     sign_in(page, gateway.base_url, "carol")
     expect(page.locator("#model-select")).to_have_value("offline")
     choose_model(page, "offline-fast")
-    sets = page.ws_log.calls("chat.setModel")  # type: ignore[attr-defined]
+    sets = calls(page, "chat.setModel")
     assert sets[-1]["params"] in ({"modelName": "offline-fast"}, ["offline-fast"])
 
     page.reload()
@@ -244,23 +222,22 @@ def test_streaming_tokens_and_history(page: Page, gateway: Any) -> None:
     expect(usage).to_contain_text("offline")
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator("#stop")).to_be_hidden()
+    wait_stored(page, 1)
 
-    # The second turn carries the first as history.
+    # The second turn goes to the same conversation; the gateway adds the history itself.
     send(page, "And a second question")
-    wait_finished(page, 1)
-    calls = chat_calls(page)
-    assert len(calls) == 2
-    assert params_of(calls[0]) == ("Tell me something about streams", [])
-    message, history = params_of(calls[1])
-    assert message == "And a second question"
-    assert history == [
-        {"role": "user", "content": "Tell me something about streams"},
-        {"role": "assistant", "content": text},
-    ]
+    wait_stored(page, 2)
+    sent = send_calls(page)
+    assert len(sent) == 2
+    first_id = sent[0]["params"]["conversationId"]
+    assert sent[0]["params"] == {
+        "conversationId": first_id,
+        "message": "Tell me something about streams",
+    }
+    assert sent[1]["params"] == {"conversationId": first_id, "message": "And a second question"}
     # The model saw two more messages the second time.
-    counts = [re.findall(r"has (\d+) messages", body_text(answer(page, i))) for i in (0, 1)]
-    assert counts[0] and counts[1], counts
-    assert int(counts[1][0]) == int(counts[0][0]) + 2, counts
+    counts = [message_count(body_text(answer(page, i))) for i in (0, 1)]
+    assert counts[1] == counts[0] + 2, counts
 
 
 def test_stop_keeps_partial_answer(page: Page, gateway: Any) -> None:
@@ -274,10 +251,10 @@ def test_stop_keeps_partial_answer(page: Page, gateway: Any) -> None:
     expect(done.locator(".finish")).to_have_text("Stopped")
     kept = body_text(done)
     assert len(kept) > 40
-    cancels = page.ws_log.calls("rpc.cancel")  # type: ignore[attr-defined]
+    cancels = calls(page, "rpc.cancel")
     assert len(cancels) == 1
     assert "id" not in cancels[0], "rpc.cancel must be a notification"
-    assert cancels[0]["params"] == {"id": chat_calls(page)[0]["id"]}
+    assert cancels[0]["params"] == {"id": send_calls(page)[0]["id"]}
     results = [
         f
         for f in page.ws_log.received  # type: ignore[attr-defined]
@@ -297,34 +274,44 @@ def test_stop_keeps_partial_answer(page: Page, gateway: Any) -> None:
     assert len(full) > len(kept)
 
 
-def test_regenerate_replaces_last_answer(page: Page, gateway: Any) -> None:
+def test_regenerate_asks_again_with_the_same_history(page: Page, gateway: Any) -> None:
     sign_in(page, gateway.base_url, "frank")
     choose_model(page, "offline-fast")
     send(page, "first question")
-    wait_finished(page)
+    wait_stored(page, 1)
     send(page, "second question")
-    first_try = body_text(wait_finished(page, 1))
+    wait_stored(page, 2)
+    first_try = body_text(answer(page, 1))
     expect(page.locator("#regenerate")).to_be_visible()
 
     page.click("#regenerate")
     expect(page.locator(ANSWER)).to_have_count(2)
     expect(page.locator(".message.user")).to_have_count(2)
-    second_try = wait_finished(page, 1)
+    wait_stored(page, 2)
+    second_try = answer(page, 1)
     expect(second_try).to_have_attribute("data-finish", "stop")
-    calls = chat_calls(page)
-    assert len(calls) == 3
-    # Re-sent: the last user message, with the history before it.
-    assert params_of(calls[2]) == params_of(calls[1])
-    assert params_of(calls[2])[1][0] == {"role": "user", "content": "first question"}
-    assert body_text(second_try) == first_try  # the offline model is deterministic
+    regens = calls(page, "conversation.regenerate")
+    assert len(regens) == 1
+    ids = [
+        f["result"]["assistantMessageId"]
+        for f in page.ws_log.received  # type: ignore[attr-defined]
+        if isinstance(f, dict)
+        and isinstance(f.get("result"), dict)
+        and "assistantMessageId" in f["result"]
+    ]
+    assert regens[0]["params"]["messageId"] == ids[1]
+    # Same history, same (deterministic) answer, now the second version of it.
+    assert body_text(second_try) == first_try
+    expect(second_try.locator(".pager-pos")).to_have_text("2/2")
 
 
 def test_new_chat_starts_empty(page: Page, gateway: Any) -> None:
-    sign_in(page, gateway.base_url, "frank")
+    sign_in(page, gateway.base_url, "quinn")
     choose_model(page, "offline-fast")
     expect(page.locator("#empty-state")).to_be_visible()
     send(page, "remember this")
-    wait_finished(page)
+    wait_stored(page, 1)
+    alone = message_count(body_text(answer(page)))
     expect(page.locator("#empty-state")).to_be_hidden()
 
     page.click("#new-chat")
@@ -333,8 +320,12 @@ def test_new_chat_starts_empty(page: Page, gateway: Any) -> None:
     expect(page.locator("#prompt")).to_be_focused()
 
     send(page, "a fresh start")
-    wait_finished(page)
-    assert params_of(chat_calls(page)[-1]) == ("a fresh start", [])
+    wait_stored(page, 1)
+    first, second = (c["params"]["conversationId"] for c in send_calls(page))
+    assert first != second
+    # Nothing of the first conversation reached the model.
+    assert message_count(body_text(answer(page))) == alone
+    expect(page.locator("#conversation-list .conversation-item")).to_have_count(2)
 
 
 def test_enter_sends_and_shift_enter_adds_a_line(page: Page, gateway: Any) -> None:
@@ -350,7 +341,7 @@ def test_enter_sends_and_shift_enter_adds_a_line(page: Page, gateway: Any) -> No
     expect(page.locator(".message.user")).to_have_count(1)
     expect(page.locator("#prompt")).to_have_value("")
     wait_finished(page)
-    assert params_of(chat_calls(page)[0])[0] == "line one\nline two"
+    assert send_calls(page)[0]["params"]["message"] == "line one\nline two"
     # The user's own text is shown as typed, line break included.
     assert page.locator(".message.user .message-body").inner_text() == "line one\nline two"
 
@@ -415,7 +406,7 @@ def test_markdown_is_rendered(page: Page, gateway: Any) -> None:
     done = wait_finished(page)
     body = done.locator(".message-body")
     expect(body.locator("strong")).to_have_text("bold words")
-    expect(body.locator("code")).to_have_text("inline code")
+    expect(body.locator("p > code")).to_have_text("inline code")
     link = body.locator("a")
     expect(link).to_have_text("a link")
     expect(link).to_have_attribute("href", "http://example.invalid/x")
@@ -499,7 +490,7 @@ def _fail_chat_with(error: dict[str, Any], *, after_text: str | None = None) -> 
 
         def from_page(message: str | bytes) -> None:
             frame = json.loads(message)
-            if frame.get("method") == "chat.chatWithHistory":
+            if frame.get("method") == "conversation.send":
                 rid = frame["id"]
                 if after_text is None:
                     ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}))
@@ -590,14 +581,20 @@ def test_reconnects_after_server_restart(page: Page, own_gateway: Any) -> None:
     own_gateway.start()
     expect_connected(page, timeout=30_000)
     # Signed in again with the remembered token, conversation kept, and chatting works.
-    assert len(page.ws_log.calls("auth.login")) >= 2  # type: ignore[attr-defined]
+    assert len(calls(page, "auth.login")) >= 2
     expect(page.locator(".message.user")).to_have_count(1)
     send(page, "after the restart")
     done = wait_finished(page, 1, timeout=30_000)
     expect(done).to_have_attribute("data-finish", "stop")
     assert 'You said: "after the restart"' in body_text(done)
-    _, history = params_of(chat_calls(page)[-1])
-    assert history[0] == {"role": "user", "content": "before the restart"}
+    # The gateway kept the conversation over its restart: the model saw the first turn.
+    sent = send_calls(page)
+    assert sent[-1]["params"]["conversationId"] == sent[0]["params"]["conversationId"]
+    assert message_count(body_text(done)) == message_count(body_text(answer(page, 0))) + 2
+    # And a reload after the restart shows both turns, as stored.
+    page.reload()
+    expect_connected(page)
+    expect(page.locator(".message.user")).to_have_count(2)
 
 
 # ---------------------------------------------------------------------------
@@ -636,16 +633,23 @@ def test_color_schemes(open_page: Any, gateway: Any, scheme: str) -> None:
 
 
 def test_screenshot_of_a_conversation(open_page: Any, gateway: Any, tmp_path: Path) -> None:
-    page = open_page(viewport={"width": 1200, "height": 900}, device_scale_factor=1)
+    page = open_page(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
     sign_in(page, gateway.base_url, "judy")
     choose_model(page, "offline-fast")
-    send(page, "How do I stream tokens from the `chat.chatWithHistory` method?")
-    wait_finished(page, 0)
-    send(page, "Can I **stop** an answer half way, and keep what arrived?")
-    wait_finished(page, 1)
-    choose_model(page, "offline")
-    send(page, "Thanks! One more: does the model choice follow me to other tabs?")
-    wait_finished(page, 2)
+    for question in (
+        "Plan a weekend trip to the mountains",
+        "Summarise the meeting notes from Monday",
+    ):
+        send(page, question)
+        wait_stored(page, 1)
+        page.click("#new-chat")
+    send(page, "How do I stream tokens from the `conversation.send` method?")
+    wait_stored(page, 1)
+    send(page, "Write some python code that reverses the words of a sentence")
+    wait_stored(page, 2)
+    page.click("#regenerate")
+    wait_stored(page, 2)
+    expect(page.locator("#conversation-list .conversation-item")).to_have_count(3)
     page.locator("#prompt").fill("")
     page.mouse.move(1, 1)
     page.evaluate("document.activeElement && document.activeElement.blur()")

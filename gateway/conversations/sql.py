@@ -1,0 +1,740 @@
+"""The conversation store on SQLAlchemy Core: one implementation for SQLite and PostgreSQL.
+
+Each operation is one synchronous function of a connection, run in one
+transaction by a :class:`~gateway.conversations.runner.DbRunner` (a worker
+thread for SQLite, asyncpg on the loop for PostgreSQL), so the loop never
+blocks and an operation of several statements costs one hop. Every query that
+touches a conversation matches ``user_id`` too, so another user's rows are
+simply not found. A streamed answer costs two writes (start and end), never
+one per delta.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import uuid
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from gateway.conversations.migrations import current_version, migrate
+from gateway.conversations.runner import DbRunner
+from gateway.conversations.schema import conversations, messages, user_settings
+from gateway.conversations.store import (
+    AnswerStart,
+    ConversationRecord,
+    MessageRecord,
+    NewMessage,
+    Page,
+    Plan,
+    StoreLimits,
+    UserSettings,
+)
+from gateway.conversations.tree import Tree
+from gateway.errors import ConversationLimit
+
+__all__ = ["SqlConversationStore", "new_id"]
+
+PLACEHOLDER_TITLE = "New conversation"
+_UPDATABLE = {
+    "title",
+    "title_auto",
+    "model",
+    "system_prompt",
+    "params",
+    "pinned",
+    "archived",
+    "active_leaf_id",
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _conversation(row: Row[Any]) -> ConversationRecord:
+    """A row of ``select(conversations)`` (columns in table order)."""
+    return _conversation_from(dict(zip(conversations.c.keys(), tuple(row), strict=True)))
+
+
+def _conversation_from(m: Any) -> ConversationRecord:
+    return ConversationRecord(
+        id=m["id"],
+        user_id=m["user_id"],
+        title=m["title"],
+        title_auto=bool(m["title_auto"]),
+        model=m["model"],
+        system_prompt=m["system_prompt"],
+        params=dict(m["params"] or {}),
+        pinned=bool(m["pinned"]),
+        archived=bool(m["archived"]),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        message_count=m["message_count"],
+        active_leaf_id=m["active_leaf_id"],
+    )
+
+
+def _message(row: Row[Any]) -> MessageRecord:
+    """A row of ``select(messages)`` (columns in table order)."""
+    return _message_from(dict(zip(messages.c.keys(), tuple(row), strict=True)))
+
+
+def _message_from(m: Any) -> MessageRecord:
+    return MessageRecord(
+        id=m["id"],
+        conversation_id=m["conversation_id"],
+        parent_id=m["parent_id"],
+        seq=m["seq"],
+        role=m["role"],
+        content=m["content"],
+        status=m["status"],
+        model=m["model"],
+        stream_id=m["stream_id"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        usage=m["usage"],
+        finish_reason=m["finish_reason"],
+        result=m["result"],
+    )
+
+
+def encode_cursor(record: ConversationRecord) -> str:
+    raw = orjson.dumps([record.pinned, record.updated_at, record.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[bool, float, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        pinned, updated, ident = orjson.loads(raw)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        return None
+    if (
+        not isinstance(pinned, bool)
+        or not isinstance(updated, int | float)
+        or not isinstance(ident, str)
+    ):
+        return None
+    return pinned, float(updated), ident
+
+
+def _get(conn: Connection, user_id: str, conversation_id: str) -> ConversationRecord | None:
+    row = conn.execute(
+        sa.select(conversations).where(
+            conversations.c.id == conversation_id, conversations.c.user_id == user_id
+        )
+    ).first()
+    return _conversation(row) if row is not None else None
+
+
+_JOINED = sa.select(
+    *[col.label(f"c_{col.name}") for col in conversations.c],
+    *[col.label(f"m_{col.name}") for col in messages.c],
+).select_from(conversations.outerjoin(messages, messages.c.conversation_id == conversations.c.id))
+_NC = len(conversations.c)
+_M_FIELDS = [f.name for f in dataclasses.fields(MessageRecord)]
+_NM = len(_M_FIELDS)
+# Records are built by position from joined rows: their fields follow the table's columns.
+assert [col.name for col in conversations.c] == [
+    f.name for f in dataclasses.fields(ConversationRecord)
+]
+assert [col.name for col in messages.c][:_NM] == _M_FIELDS
+
+
+def _load(
+    conn: Connection, user_id: str, conversation_id: str
+) -> tuple[ConversationRecord, list[MessageRecord]] | None:
+    """The conversation and its messages in one statement (one round trip)."""
+    rows = conn.execute(
+        _JOINED.where(
+            conversations.c.id == conversation_id, conversations.c.user_id == user_id
+        ).order_by(messages.c.seq)
+    ).all()
+    if not rows:
+        return None
+    # Positional construction: a 200-message conversation is 6,000 values, and building
+    # them by column name cost more than the query.
+    record = ConversationRecord(*tuple(rows[0])[:_NC])
+    record.params = dict(record.params or {})
+    end = _NC + _NM
+    found = [MessageRecord(*values[_NC:end]) for values in map(tuple, rows) if values[_NC]]
+    return record, found
+
+
+def _rows(conn: Connection, conversation_id: str) -> list[MessageRecord]:
+    rows = conn.execute(
+        sa.select(messages)
+        .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.seq)
+    ).all()
+    return [_message(r) for r in rows]
+
+
+class SqlConversationStore:
+    """A :class:`~gateway.conversations.store.ConversationStore` on a :class:`DbRunner`."""
+
+    def __init__(self, runner: DbRunner, *, limits: StoreLimits | None = None) -> None:
+        self.runner = runner
+        self.limits = limits or StoreLimits()
+        self._postgres = runner.dialect == "postgresql"
+
+    @property
+    def embedded(self) -> bool:
+        """True for SQLite: one process owns the database."""
+        return self.runner.embedded
+
+    async def start(self) -> list[int]:
+        """Apply pending migrations; the versions applied."""
+        return await migrate(self.runner)
+
+    async def migrate(self, *, target: int) -> list[int]:
+        return await migrate(self.runner, target=target)
+
+    async def version(self) -> int:
+        return await current_version(self.runner)
+
+    # Conversations
+
+    async def create(
+        self,
+        user_id: str,
+        *,
+        title: str | None,
+        model: str,
+        system_prompt: str | None,
+        params: dict[str, Any],
+        now: float,
+    ) -> ConversationRecord:
+        record = ConversationRecord(
+            id=new_id(),
+            user_id=user_id,
+            title=title or PLACEHOLDER_TITLE,
+            title_auto=not title,
+            model=model,
+            system_prompt=system_prompt,
+            params=params,
+            pinned=False,
+            archived=False,
+            created_at=now,
+            updated_at=now,
+            message_count=0,
+            active_leaf_id=None,
+        )
+
+        def op(conn: Connection) -> None:
+            self._check_conversation_limit(conn, user_id)
+            conn.execute(conversations.insert().values(**_conversation_values(record)))
+
+        await self.runner.run(op, write=True)
+        return record
+
+    def _check_conversation_limit(self, conn: Connection, user_id: str) -> None:
+        if self._postgres:
+            # Concurrent creates of one user queue here, so the count below stays true.
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:user))"), {"user": user_id}
+            )
+        most = self.limits.conversations_per_user
+        count = conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(conversations)
+            .where(conversations.c.user_id == user_id)
+        )
+        if (count or 0) >= most:
+            raise ConversationLimit(
+                f"You already have {most} conversations; delete some to start another",
+                {"limit": "conversationsPerUser", "max": most},
+            )
+
+    async def list_page(
+        self,
+        user_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        query: str | None,
+        archived: bool,
+    ) -> Page:
+        c = conversations.c
+        stmt = sa.select(conversations).where(c.user_id == user_id, c.archived == archived)
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            if after is not None:
+                pinned, updated, ident = after
+                same = sa.and_(
+                    c.pinned == pinned,
+                    sa.or_(c.updated_at < updated, sa.and_(c.updated_at == updated, c.id < ident)),
+                )
+                # Pinned ones come first: after a pinned cursor, every unpinned one follows.
+                stmt = stmt.where(sa.or_(c.pinned == sa.false(), same) if pinned else same)
+        if query:
+            pattern = _like(query)
+            text_match = (
+                sa.select(messages.c.id)
+                .where(
+                    messages.c.conversation_id == c.id,
+                    sa.func.lower(messages.c.content).like(pattern, escape="\\"),
+                )
+                .exists()
+            )
+            stmt = stmt.where(sa.or_(sa.func.lower(c.title).like(pattern, escape="\\"), text_match))
+        stmt = stmt.order_by(c.pinned.desc(), c.updated_at.desc(), c.id.desc()).limit(limit + 1)
+
+        def op(conn: Connection) -> list[ConversationRecord]:
+            return [_conversation(r) for r in conn.execute(stmt).all()]
+
+        rows = await self.runner.run(op, write=False)
+        items = rows[:limit]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(items[-1]) if more and items else None)
+
+    async def get(self, user_id: str, conversation_id: str) -> ConversationRecord | None:
+        return await self.runner.run(lambda conn: _get(conn, user_id, conversation_id), write=False)
+
+    async def messages(self, user_id: str, conversation_id: str) -> list[MessageRecord] | None:
+        loaded = await self.load(user_id, conversation_id)
+        return loaded[1] if loaded is not None else None
+
+    async def load(
+        self, user_id: str, conversation_id: str
+    ) -> tuple[ConversationRecord, list[MessageRecord]] | None:
+        """The conversation and its messages, read in one transaction."""
+
+        return await self.runner.run(
+            lambda conn: _load(conn, user_id, conversation_id), write=False
+        )
+
+    async def update(
+        self, user_id: str, conversation_id: str, now: float, **fields: Any
+    ) -> ConversationRecord | None:
+        touch = fields.pop("touch", True)
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        values = dict(fields)
+        if touch:
+            values["updated_at"] = now
+
+        def op(conn: Connection) -> ConversationRecord | None:
+            if values:
+                result = conn.execute(
+                    conversations.update()
+                    .where(
+                        conversations.c.id == conversation_id,
+                        conversations.c.user_id == user_id,
+                    )
+                    .values(**values)
+                )
+                if result.rowcount == 0:
+                    return None
+            return _get(conn, user_id, conversation_id)
+
+        return await self.runner.run(op, write=True)
+
+    async def delete(self, user_id: str, conversation_id: str) -> bool:
+        def op(conn: Connection) -> bool:
+            if _get(conn, user_id, conversation_id) is None:
+                return False
+            conn.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
+            conn.execute(conversations.delete().where(conversations.c.id == conversation_id))
+            conn.execute(
+                user_settings.update()
+                .where(
+                    user_settings.c.user_id == user_id,
+                    user_settings.c.current_conversation_id == conversation_id,
+                )
+                .values(current_conversation_id=None)
+            )
+            return True
+
+        return await self.runner.run(op, write=True)
+
+    # Messages
+
+    def _append(
+        self,
+        conn: Connection,
+        user_id: str,
+        conversation_id: str,
+        new: list[NewMessage],
+        now: float,
+        node: str | None,
+    ) -> list[MessageRecord] | None:
+        most = self.limits.messages_per_conversation
+        c = conversations.c
+        ids = [new_id() for _ in new]
+        # One statement checks owner and limit, reserves the sequence numbers and moves the
+        # active leaf to the last new message.
+        row = conn.execute(
+            conversations.update()
+            .where(
+                c.id == conversation_id,
+                c.user_id == user_id,
+                c.message_count + len(new) <= most,
+            )
+            .values(
+                message_count=c.message_count + len(new), updated_at=now, active_leaf_id=ids[-1]
+            )
+            .returning(c.message_count)
+        ).first()
+        if row is None:
+            exists = conn.scalar(
+                sa.select(c.id).where(c.id == conversation_id, c.user_id == user_id)
+            )
+            if exists is None:
+                return None
+            raise ConversationLimit(
+                f"This conversation already holds {most} messages; start a new one",
+                {"limit": "messagesPerConversation", "max": most},
+            )
+        first_seq = row[0] - len(new)
+        records = []
+        previous: str | None = None
+        for i, item in enumerate(new):
+            record = MessageRecord(
+                id=ids[i],
+                conversation_id=conversation_id,
+                parent_id=previous if item.parent == "@prev" else item.parent,
+                seq=first_seq + i,
+                role=item.role,
+                content=item.content,
+                status=item.status,
+                model=item.model,
+                stream_id=item.stream_id,
+                created_at=now,
+                updated_at=now,
+                result=item.extra.get("result"),
+            )
+            records.append(record)
+            previous = record.id
+        conn.execute(
+            messages.insert(),
+            [
+                {**_message_values(r), "node": node if r.status == "streaming" else None}
+                for r in records
+            ],
+        )
+        return records
+
+    async def add_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        new: list[NewMessage],
+        now: float,
+        *,
+        node: str | None = None,
+    ) -> list[MessageRecord] | None:
+        return await self.runner.run(
+            lambda conn: self._append(conn, user_id, conversation_id, new, now, node), write=True
+        )
+
+    async def start_answer(
+        self, user_id: str, conversation_id: str, plan: Plan, now: float, *, node: str | None
+    ) -> AnswerStart | None:
+        """Read the conversation, let ``plan`` choose the messages, append them.
+
+        SQLite: one transaction on the writer thread, so the answer's history is exactly
+        what was stored. PostgreSQL: two statements and no BEGIN/COMMIT (two round trips
+        instead of five): the read, then one statement that checks owner and limit,
+        reserves the sequence numbers, moves the active leaf and inserts. A concurrent
+        append from another process in between makes the new messages a sibling branch,
+        never a lost or duplicated message.
+        """
+        if self._postgres:
+            return await self._start_answer_pg(user_id, conversation_id, plan, now, node)
+
+        def op(conn: Connection) -> AnswerStart | None:
+            loaded = _load(conn, user_id, conversation_id)
+            if loaded is None:
+                return None
+            record, tree = loaded[0], Tree(loaded[1])
+            added = self._append(conn, user_id, conversation_id, plan(record, tree), now, node)
+            if added is None:
+                return None
+            return AnswerStart(record, tree, added)
+
+        return await self.runner.run(op, write=True)
+
+    async def _start_answer_pg(
+        self, user_id: str, conversation_id: str, plan: Plan, now: float, node: str | None
+    ) -> AnswerStart | None:
+        loaded = await self.runner.run(
+            lambda conn: _load(conn, user_id, conversation_id), write=False
+        )
+        if loaded is None:
+            return None
+        record, tree = loaded[0], Tree(loaded[1])
+        new = plan(record, tree)
+        ids = [new_id() for _ in new]
+        records = []
+        previous: str | None = None
+        for i, item in enumerate(new):
+            records.append(
+                MessageRecord(
+                    id=ids[i],
+                    conversation_id=conversation_id,
+                    parent_id=previous if item.parent == "@prev" else item.parent,
+                    seq=i,  # made absolute below, from what the statement returns
+                    role=item.role,
+                    content=item.content,
+                    status=item.status,
+                    model=item.model,
+                    stream_id=item.stream_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            previous = ids[i]
+        rows = []
+        params: dict[str, Any] = {
+            "cid": conversation_id,
+            "uid": user_id,
+            "n": len(records),
+            "most": self.limits.messages_per_conversation,
+            "now": now,
+            "leaf": ids[-1],
+        }
+        for i, r in enumerate(records):
+            rows.append(
+                f"(CAST(:id{i} AS VARCHAR), CAST(:parent{i} AS VARCHAR), {i}, "
+                f"CAST(:role{i} AS VARCHAR), CAST(:content{i} AS TEXT), "
+                f"CAST(:status{i} AS VARCHAR), CAST(:model{i} AS VARCHAR), "
+                f"CAST(:stream{i} AS VARCHAR), CAST(:node{i} AS VARCHAR))"
+            )
+            params.update(
+                {
+                    f"id{i}": r.id,
+                    f"parent{i}": r.parent_id,
+                    f"role{i}": r.role,
+                    f"content{i}": r.content,
+                    f"status{i}": r.status,
+                    f"model{i}": r.model,
+                    f"stream{i}": r.stream_id,
+                    f"node{i}": node if r.status == "streaming" else None,
+                }
+            )
+        statement = sa.text(
+            "WITH u AS (UPDATE conversations SET message_count = message_count + :n,"
+            " updated_at = :now, active_leaf_id = :leaf"
+            " WHERE id = :cid AND user_id = :uid AND message_count + :n <= :most"
+            " RETURNING message_count)"
+            " INSERT INTO messages (id, conversation_id, parent_id, seq, role, content, status,"
+            " model, stream_id, created_at, updated_at, node)"
+            " SELECT v.id, :cid, v.parent_id, u.message_count - :n + v.i, v.role, v.content,"
+            " v.status, v.model, v.stream_id, :now, :now, v.node"
+            f" FROM u, (VALUES {', '.join(rows)})"
+            " AS v(id, parent_id, i, role, content, status, model, stream_id, node)"
+            " RETURNING id, seq"
+        )
+
+        def op(conn: Connection) -> dict[str, int]:
+            return {row[0]: row[1] for row in conn.execute(statement, params)}
+
+        seqs = await self.runner.run(op, write=True, single=True)
+        if not seqs:
+            if await self.get(user_id, conversation_id) is None:
+                return None
+            most = self.limits.messages_per_conversation
+            raise ConversationLimit(
+                f"This conversation already holds {most} messages; start a new one",
+                {"limit": "messagesPerConversation", "max": most},
+            )
+        for r in records:
+            r.seq = seqs[r.id]
+        return AnswerStart(record, tree, records)
+
+    async def finish_message(
+        self,
+        message_id: str,
+        *,
+        content: str,
+        status: str,
+        now: float,
+        usage: dict[str, Any] | None = None,
+        finish_reason: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        stmt = (
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(
+                content=content,
+                status=status,
+                updated_at=now,
+                usage=usage,
+                finish_reason=finish_reason,
+                result=result,
+                node=None,
+            )
+        )
+        await self.runner.run(lambda conn: conn.execute(stmt), write=True, single=True)
+
+    async def fork(
+        self, user_id: str, conversation_id: str, message_id: str, now: float
+    ) -> ConversationRecord | None:
+        def op(conn: Connection) -> ConversationRecord | None:
+            source = _get(conn, user_id, conversation_id)
+            if source is None:
+                return None
+            tree = Tree(_rows(conn, conversation_id))
+            if message_id not in tree.by_id:
+                return None
+            branch = tree.branch(message_id)
+            self._check_conversation_limit(conn, user_id)
+            record = ConversationRecord(
+                id=new_id(),
+                user_id=user_id,
+                title=f"{source.title} (fork)",
+                title_auto=False,
+                model=source.model,
+                system_prompt=source.system_prompt,
+                params=dict(source.params),
+                pinned=False,
+                archived=False,
+                created_at=now,
+                updated_at=now,
+                message_count=len(branch),
+                active_leaf_id=None,
+            )
+            copies = []
+            parent: str | None = None
+            for i, m in enumerate(branch):
+                copy = MessageRecord(
+                    id=new_id(),
+                    conversation_id=record.id,
+                    parent_id=parent,
+                    seq=i,
+                    role=m.role,
+                    content=m.content,
+                    # A fork is a snapshot: an answer still streaming there is cut here.
+                    status="unfinished" if m.status == "streaming" else m.status,
+                    model=m.model,
+                    stream_id=None,
+                    created_at=m.created_at,
+                    updated_at=now,
+                    usage=m.usage,
+                    finish_reason=m.finish_reason,
+                    result=m.result,
+                )
+                copies.append(copy)
+                parent = copy.id
+            record.active_leaf_id = parent
+            conn.execute(conversations.insert().values(**_conversation_values(record)))
+            if copies:
+                conn.execute(messages.insert(), [_message_values(m) for m in copies])
+            return record
+
+        return await self.runner.run(op, write=True)
+
+    # Per-user settings (the origin session's current conversation and system prompt)
+
+    async def settings(self, user_id: str) -> UserSettings:
+        def op(conn: Connection) -> UserSettings:
+            row = conn.execute(
+                sa.select(user_settings).where(user_settings.c.user_id == user_id)
+            ).first()
+            if row is None:
+                return UserSettings(user_id)
+            m = row._mapping
+            return UserSettings(user_id, m["current_conversation_id"], m["system_prompt"])
+
+        return await self.runner.run(op, write=False)
+
+    async def save_settings(self, settings: UserSettings, now: float) -> None:
+        values = {
+            "current_conversation_id": settings.current_conversation_id,
+            "system_prompt": settings.system_prompt,
+            "updated_at": now,
+        }
+
+        def op(conn: Connection) -> None:
+            result = conn.execute(
+                user_settings.update()
+                .where(user_settings.c.user_id == settings.user_id)
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                conn.execute(user_settings.insert().values(user_id=settings.user_id, **values))
+
+        await self.runner.run(op, write=True)
+
+    # Housekeeping
+
+    async def mark_interrupted(
+        self, *, node: str | None = None, stale_before: float | None = None, now: float
+    ) -> int:
+        either = []
+        if node is not None:
+            either.append(messages.c.node == node)
+        if stale_before is not None:
+            either.append(messages.c.updated_at < stale_before)
+        where = [messages.c.status == "streaming"]
+        if either:
+            where.append(sa.or_(*either))
+        stmt = messages.update().where(*where).values(status="interrupted", updated_at=now)
+        return await self.runner.run(
+            lambda conn: int(conn.execute(stmt).rowcount or 0), write=True, single=True
+        )
+
+    async def cleanup(self, older_than: float) -> int:
+        c = conversations.c
+
+        def op(conn: Connection) -> int:
+            old = sa.select(c.id).where(c.updated_at < older_than, c.pinned.is_(False))
+            conn.execute(messages.delete().where(messages.c.conversation_id.in_(old)))
+            result = conn.execute(
+                conversations.delete().where(c.updated_at < older_than, c.pinned.is_(False))
+            )
+            return int(result.rowcount or 0)
+
+        return await self.runner.run(op, write=True)
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+
+def _conversation_values(r: ConversationRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "user_id": r.user_id,
+        "title": r.title,
+        "title_auto": r.title_auto,
+        "model": r.model,
+        "system_prompt": r.system_prompt,
+        "params": r.params,
+        "pinned": r.pinned,
+        "archived": r.archived,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "message_count": r.message_count,
+        "active_leaf_id": r.active_leaf_id,
+    }
+
+
+def _message_values(r: MessageRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "conversation_id": r.conversation_id,
+        "parent_id": r.parent_id,
+        "seq": r.seq,
+        "role": r.role,
+        "content": r.content,
+        "status": r.status,
+        "model": r.model,
+        "stream_id": r.stream_id,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "usage": r.usage,
+        "finish_reason": r.finish_reason,
+        "result": r.result,
+    }

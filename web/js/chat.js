@@ -1,0 +1,343 @@
+// Asking and answering in a conversation kept on the gateway: open, send, edit a question,
+// regenerate an answer, switch versions, stop. The gateway builds the history from the stored
+// branch; after each answer the page shows the branch as stored.
+
+import * as composer from "./composer.js";
+import * as conversations from "./conversations.js";
+import { CLOSE_REASONS, describeError, isAuthError } from "./errors.js";
+import * as messages from "./messages.js";
+import * as models from "./models.js";
+import * as settings from "./settings.js";
+import { announce, showToastError } from "./ui.js";
+
+const CANCEL_GRACE_MS = 5_000;
+const TITLE_RETRY_MS = 1_500;
+const POLL_MS = 1_500;
+const POLL_LIMIT = 80; // two minutes of waiting for an answer another tab is writing
+
+const titleEl = document.getElementById("conversation-title");
+
+export const state = {
+  conversation: null,
+  streaming: null, // {id, msg, cancelTimer, cancelled, detached}
+  opening: 0,
+};
+let conn = null;
+let changed = () => {};
+let pollTimer = 0;
+
+/** `onChange()` whenever the buttons may need updating. */
+export function attach(connection, onChange) {
+  conn = connection;
+  changed = onChange;
+}
+
+export const busy = () => !!state.streaming;
+export const currentId = () => state.conversation?.id || null;
+
+function setConversation(conv) {
+  state.conversation = conv;
+  titleEl.textContent = conv ? conv.title || "New conversation" : "";
+  titleEl.hidden = !conv;
+  document.title = conv?.title ? `${conv.title} · Gateway chat` : "Gateway chat";
+  conversations.setCurrent(conv?.id || null);
+  const hash = conv ? `#c=${encodeURIComponent(conv.id)}` : "";
+  if (location.hash !== hash) history.replaceState(history.state, "", `${location.pathname}${location.search}${hash}`);
+}
+
+/** The conversation id in the address (`#c=ID`), if any. */
+export function idFromHash() {
+  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+  return params.get("c") || null;
+}
+
+function show(view) {
+  setConversation(view.conversation);
+  messages.showStored(view.messages || []);
+  if (view.conversation?.model) models.show(view.conversation.model);
+  changed();
+  schedulePoll(view);
+}
+
+/**
+ * Leave a running answer to finish on the gateway, which stores it; the page stops showing it.
+ * (Opening another conversation or a new chat does this; Stop is what cancels an answer.)
+ */
+function detach() {
+  const s = state.streaming;
+  if (!s) return;
+  s.detached = true;
+  clearTimeout(s.cancelTimer);
+  state.streaming = null;
+  messages.setBusy(false);
+}
+
+/** Open a stored conversation (not found: say so and start a new chat). */
+export async function open(id) {
+  if (!conn.ready) return;
+  if (id === currentId() && messages.shown.length) return;
+  detach();
+  const ticket = ++state.opening;
+  try {
+    const view = await conn.rpc("conversation.get", { conversationId: id });
+    if (ticket !== state.opening || state.streaming) return;
+    show(view);
+    messages.autoScroll(true);
+    announce(`Opened ${view.conversation.title || "conversation"}.`);
+  } catch (err) {
+    if (ticket !== state.opening || err.code === "disconnected") return;
+    if (err.code === -32030) {
+      newChat({ quiet: true });
+      showToastError(describeError(err));
+    } else {
+      showToastError(describeError(err));
+    }
+  }
+}
+
+/** Fetch the open conversation again (another tab may have added to it). */
+export async function reload({ force = false } = {}) {
+  const conv = state.conversation;
+  if (!conv || state.streaming || !conn.ready) return;
+  if (document.querySelector(".edit-form")) return; // never throw away a half-edited question
+  try {
+    const view = await conn.rpc("conversation.get", { conversationId: conv.id });
+    if (state.streaming || state.conversation?.id !== conv.id) return;
+    const c = view.conversation;
+    const same = c.activeLeafId === conv.activeLeafId && c.updatedAt === conv.updatedAt
+      && c.messageCount === conv.messageCount && !view.messages.some((m) => m.status === "streaming");
+    if (same && !force) {
+      setConversation(c);
+      return;
+    }
+    show(view);
+  } catch (err) {
+    if (err.code === -32030 && state.conversation?.id === conv.id) newChat({ quiet: true });
+  }
+}
+
+function schedulePoll(view, round = 0) {
+  clearTimeout(pollTimer);
+  if (!view.messages?.some((m) => m.status === "streaming") || round >= POLL_LIMIT) return;
+  pollTimer = setTimeout(async () => {
+    const conv = state.conversation;
+    if (!conv || conv.id !== view.conversation.id || state.streaming || !conn.ready) return;
+    try {
+      const next = await conn.rpc("conversation.get", { conversationId: conv.id });
+      if (state.streaming || state.conversation?.id !== conv.id) return;
+      show(next);
+      schedulePoll(next, round + 1);
+    } catch { /* the next reload will tell */ }
+  }, POLL_MS);
+}
+
+export function newChat({ quiet = false } = {}) {
+  detach();
+  state.opening += 1;
+  clearTimeout(pollTimer);
+  setConversation(null);
+  messages.clear();
+  models.show(models.models.session);
+  composer.clear();
+  changed();
+  if (!quiet) announce("New chat.");
+  composer.focus();
+}
+
+// ---------------------------------------------------------------------------
+// Answers
+
+function finishStream(msg, { result = null, error = null, interrupted = false } = {}) {
+  if (state.streaming && state.streaming.msg === msg) {
+    clearTimeout(state.streaming.cancelTimer);
+    if (state.streaming.id != null) conn.pending.delete(state.streaming.id);
+    state.streaming = null;
+    messages.setBusy(false);
+  }
+  if (msg.status !== "streaming") return;
+  messages.stopStreaming(msg);
+  const requested = state.conversation?.model || null;
+  if (result) messages.applyResult(msg, result, { requested });
+  else if (interrupted) messages.applyResult(msg, { finishReason: "cancelled" });
+  if (result?.finishReason === "error" && result.error) {
+    messages.showError(msg, describeError(result.error));
+  }
+  if (error) {
+    msg.el.dataset.finish = "error";
+    msg.error = error;
+    messages.showError(msg, describeError(error), { retry: !isAuthError(error) });
+    if (!msg.content) msg.bodyEl.hidden = true;
+    announce(describeError(error));
+  } else if (msg.content) {
+    announce(`Answer${msg.finishNote ? ` (${msg.finishNote.toLowerCase()})` : ""}: ${messages.plainPreview(msg)}`);
+  }
+  changed();
+  messages.autoScroll();
+}
+
+/** The open conversation, created first when this is a new chat (unless `s` was left). */
+async function ensureConversation(s) {
+  if (state.conversation) return state.conversation;
+  const params = { ...settings.takeDraft() };
+  if (models.models.current) params.model = models.models.current;
+  const conv = await conn.rpc("conversation.create", params);
+  conversations.upsert(conv);
+  if (!s.detached) setConversation(conv);
+  return conv;
+}
+
+/**
+ * Stream `method` into a new answer view placed after the shown messages.
+ * `params(conversationId)` builds the call's params once the conversation exists.
+ */
+async function answer(method, params, { question = null } = {}) {
+  const known = new Set(messages.shown.map((m) => m.id).filter(Boolean));
+  const userMsg = question != null ? messages.add("user", question) : null;
+  const msg = messages.add("assistant");
+  messages.startStreaming(msg);
+  announce("Answering…");
+  const s = { id: null, msg, cancelTimer: 0, cancelled: false, detached: false };
+  state.streaming = s;
+  messages.setBusy(true);
+  changed();
+  let conv;
+  try {
+    conv = await ensureConversation(s);
+  } catch (err) {
+    if (!s.detached) finishStream(msg, { error: err });
+    return;
+  }
+  if (s.detached) return; // left before it was asked: nothing to answer
+  const call = conn.call(method, params(conv.id), (delta) => {
+    if (msg.status !== "streaming" || s.detached) return;
+    if (typeof delta.reasoning === "string") msg.reasoning += delta.reasoning;
+    if (typeof delta.text === "string") msg.content += delta.text;
+    messages.scheduleRender(msg);
+  });
+  s.id = call.id;
+  if (s.cancelled) conn.notify("rpc.cancel", { id: s.id });
+  let result;
+  try {
+    result = await call.promise;
+  } catch (err) {
+    if (s.detached) return;
+    if (msg.status !== "streaming") return;
+    if (err.code === "disconnected" && msg.content) {
+      finishStream(msg, { result: { finishReason: "error" } });
+      messages.showError(msg, describeError(err));
+    } else {
+      finishStream(msg, { error: err });
+    }
+    if (isAuthError(err)) {
+      conn.signOut(err.code === -32002 ? CLOSE_REASONS[4501] : CLOSE_REASONS[4500]);
+      return;
+    }
+    if (err.code !== "disconnected") afterAnswer(conv, { known, failed: true });
+    return;
+  }
+  if (s.detached) {
+    conversations.refresh(); // it ended elsewhere; its title may be new
+    return;
+  }
+  if (userMsg && result.userMessageId) userMsg.id = result.userMessageId;
+  if (result.assistantMessageId) msg.id = result.assistantMessageId;
+  finishStream(msg, { result });
+  if (result.title) setConversation({ ...state.conversation, title: result.title });
+  afterAnswer(conv, { known, assistantId: result.assistantMessageId });
+}
+
+/** Show the branch as stored once it has the answer; refresh the list for the new title. */
+async function afterAnswer(conv, { known, assistantId = null, failed = false }) {
+  conversations.refresh().then(syncTitle);
+  setTimeout(() => conversations.refresh().then(syncTitle), TITLE_RETRY_MS);
+  let view;
+  try {
+    view = await conn.rpc("conversation.get", { conversationId: conv.id });
+  } catch {
+    return;
+  }
+  if (state.streaming || state.conversation?.id !== conv.id) return;
+  const last = view.messages[view.messages.length - 1];
+  const stored = failed
+    ? last && last.role === "assistant" && last.status === "error" && !known.has(last.id)
+    : view.messages.some((m) => m.id === assistantId);
+  if (stored) show(view);
+  else setConversation(view.conversation); // what was shown stays (the gateway kept no answer)
+}
+
+function syncTitle() {
+  const conv = state.conversation;
+  const listed = conv && conversations.find(conv.id);
+  if (listed && listed.title !== conv.title) setConversation({ ...conv, title: listed.title });
+}
+
+export function send(text) {
+  if (!text.trim() || state.streaming || !conn.ready) return;
+  composer.clear();
+  answer("conversation.send", (id) => ({ conversationId: id, message: text }), { question: text });
+  composer.focus();
+}
+
+/** Send an edited version of the question `msg`: a new branch from its parent. */
+export function edit(msg, text) {
+  if (state.streaming || !conn.ready || !msg.id) return;
+  messages.truncate(messages.indexOf(msg));
+  answer("conversation.edit", (id) => ({ conversationId: id, messageId: msg.id, message: text }), { question: text });
+}
+
+/** A new answer beside the answer `msg`; the old one stays a version away. */
+export function regenerate(msg = messages.last()) {
+  if (state.streaming || !conn.ready || !msg || msg.role !== "assistant") return;
+  const i = messages.indexOf(msg);
+  if (!msg.id) {
+    // The gateway kept no answer (it failed before one was stored): ask the question again.
+    const question = messages.shown[i - 1];
+    if (!question || question.role !== "user") return;
+    messages.truncate(i - 1);
+    send(question.content);
+    return;
+  }
+  messages.truncate(i);
+  answer("conversation.regenerate", (id) => ({ conversationId: id, messageId: msg.id }));
+}
+
+/** Show another version (`siblingId`) in place of the message `msg`. */
+export async function switchTo(msg, siblingId) {
+  const conv = state.conversation;
+  if (state.streaming || !conn.ready || !conv) return;
+  try {
+    const view = await conn.rpc("conversation.setActive", { conversationId: conv.id, messageId: siblingId });
+    if (state.streaming || state.conversation?.id !== conv.id) return;
+    show(view);
+    const again = messages.shown.find((m) => m.id === siblingId);
+    again?.el.querySelector(msg.role === "user" ? ".pager-pos" : ".message-meta .pager-pos")?.scrollIntoView({ block: "nearest" });
+    announce(`Version ${again ? again.siblingIndex + 1 : ""} of ${again ? again.siblingIds.length : ""}.`);
+  } catch (err) {
+    if (err.code !== "disconnected") showToastError(describeError(err));
+  }
+}
+
+export function stop() {
+  const s = state.streaming;
+  if (!s) return;
+  if (s.id == null) s.cancelled = true;
+  else conn.notify("rpc.cancel", { id: s.id });
+  composer.stopping(); // enabled again when the stream ends
+  // The gateway answers with finishReason "cancelled"; if that never comes, stop anyway.
+  s.cancelTimer = setTimeout(() => {
+    if (state.streaming === s) finishStream(s.msg, { interrupted: true });
+  }, CANCEL_GRACE_MS);
+  composer.focus();
+}
+
+/** Signed out: end what is running and show nothing of the conversation any more. */
+export function abandon() {
+  if (state.streaming) finishStream(state.streaming.msg, { interrupted: true });
+  newChat({ quiet: true });
+}
+
+/** After the settings dialog saved `conv`. */
+export function updated(conv) {
+  setConversation({ ...state.conversation, ...conv });
+  conversations.upsert(conv);
+}
