@@ -224,6 +224,7 @@ async def test_a_dropped_socket_leaves_the_answer_running_and_stream_resume_cont
             answer = got["messages"][-1]
             assert answer["id"] == frame["result"]["assistantMessageId"]
             assert answer["status"] == "done" and answer["content"] == text
+            assert answer["streamId"] == stream_id  # the stored answer names its stream
 
 
 async def test_limits_refuse_with_conversation_limit_and_busy(backend: Backend) -> None:

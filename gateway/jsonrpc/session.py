@@ -33,7 +33,7 @@ from gateway.errors import (
 from gateway.jsonrpc.codec import decode, encode, encode_small
 from gateway.jsonrpc.outbound import DeltaStream, Outbound, OutboundClosed
 from gateway.jsonrpc.registry import Final, Follow, MethodSpec, Reasoning, Registry
-from gateway.streams.protocol import Piece, StreamEnd
+from gateway.streams.protocol import Piece, StreamEnd, current_stream
 
 __all__ = ["Authorize", "RpcSession", "SessionLimits", "StreamRelay"]
 
@@ -450,6 +450,7 @@ class RpcSession:
         assert task is not None
         stream_id = await self._streams.open(call.spec.name)
         call.stream_id = stream_id
+        current_stream.set(stream_id)  # this call's own context (a copy per call)
         self._producers.add(task)
         task.add_done_callback(self._producers.discard)
         stream = DeltaStream(encode_small(call.id), b',"streamId":' + orjson.dumps(stream_id))

@@ -28,6 +28,7 @@ from gateway.jsonrpc.registry import Final, Reasoning
 from gateway.modules.chat import DEFAULT_SYSTEM_PROMPT, ChatModule
 from gateway.modules.conversation_titles import fallback_title, generate_title
 from gateway.providers.base import Message
+from gateway.streams.protocol import current_stream
 
 __all__ = ["Answerer", "Turn", "relayed", "shielded"]
 
@@ -149,7 +150,8 @@ class Answerer:
         self._busy.add(conversation_id)
         try:
             fallback_model = await self.chat.get_user_model()
-            stream_id = new_id()
+            # The resumable stream's id when the answer is logged (stream.resume takes it).
+            stream_id = current_stream.get() or new_id()
             chosen: dict[str, Any] = {}
 
             def plan(record: ConversationRecord, tree: Tree) -> list[NewMessage]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -32,11 +33,17 @@ __all__ = [
     "StreamEnd",
     "StreamInfo",
     "StreamLog",
+    "current_stream",
     "new_stream_id",
 ]
 
 State = Literal["running", "done"]
 """A stream is running until its end is logged, then done (until it expires)."""
+
+
+current_stream: ContextVar[str | None] = ContextVar("gateway_current_stream", default=None)
+"""The id of the logged stream the running call produces (None when it is not logged): a
+streaming method that records its answer (conversation.send) records this id with it."""
 
 
 def new_stream_id() -> str:
