@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,18 +18,11 @@ DEFAULT_DATA_DIR = "./.gateway"
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway import logs
     from gateway.errors import StoreUnavailable
-    from gateway.node import node_id
     from gateway.server.app import Gateway
 
-    node = node_id().replace("%", "%%")
-    logging.basicConfig(
-        level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s %(levelname)s {node} %(name)s: %(message)s",
-    )
-    # One line per handshake, and per upstream request, is noise at INFO.
-    for noisy in ("websockets", "httpx2", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(args.log_format, level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -163,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-data-dir",
         metavar="DIR",
         help="data directory when neither --data-dir, data_dir nor GATEWAY_DATA_DIR names one",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="log lines on stderr (default: text on a terminal, else JSON)",
     )
     serve.set_defaults(func=_serve)
 

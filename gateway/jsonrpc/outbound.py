@@ -90,6 +90,9 @@ class _Delta:
 class Outbound:
     """FIFO of frames (bytes) and mergeable deltas, bounded by the bytes it holds."""
 
+    merged_total = 0
+    """Deltas merged by every queue of this process (read by the metrics)."""
+
     def __init__(
         self,
         *,
@@ -193,6 +196,7 @@ class Outbound:
             pending.size += len(text)
             self._bytes += len(text)
             self.merged += 1
+            Outbound.merged_total += 1
         else:
             pending = stream.pending = _Delta(stream, text, key)
             self._items.append(pending)
