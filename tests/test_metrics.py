@@ -1,0 +1,266 @@
+"""GET /metrics after known traffic: every count exact, histograms observed, labels bounded.
+
+Each test runs real ``gateway serve`` processes (fresh counters) and drives
+them over real sockets; model traffic goes to the fake OpenAI server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.config import DEFAULT_MODELS
+from tests.fakes import Reply
+from tests.fakes.openai_server import OpenAIFake
+from tests.gateway_process import GatewayProcess, Metrics, gateway_process, models_toml, scrape
+from tests.support import RawClient
+
+KEYS = "alice:tok-alice,bob:tok-bob,root:tok-root"
+ENV = {"GATEWAY_API_KEYS": KEYS, "GATEWAY_ADMINS": "root"}
+SERVER = """
+[server]
+send_timeout = 0.5
+close_timeout = 1.0
+outbound_queue_bytes = 65536
+"""
+TIMEOUT = 20.0
+
+LABELS = {
+    "method", "outcome", "code", "reason", "model", "version", "python", "le",
+    "gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+    "gen_ai_response_model", "gen_ai_token_type", "error_type",
+}  # fmt: skip
+"""Every label name the gateway may use: none names a user, connection or stream."""
+
+
+class CountingClient(RawClient):
+    """A RawClient that counts the frames and bytes it receives."""
+
+    frames = 0
+    bytes = 0
+
+    async def recv(self, timeout: float = TIMEOUT) -> Any:
+        async with asyncio.timeout(timeout):
+            raw = await self.ws.recv()
+        self.frames += 1
+        self.bytes += len(raw.encode() if isinstance(raw, str) else raw)
+        return json.loads(raw)
+
+
+@asynccontextmanager
+async def client(
+    gp: GatewayProcess, token: str | None = None, **kwargs: Any
+) -> AsyncIterator[CountingClient]:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with asyncio.timeout(TIMEOUT):
+        ws = await connect(gp.ws_url, additional_headers=headers, **kwargs)
+    try:
+        yield CountingClient(ws)
+    finally:
+        await ws.close()
+
+
+async def until(gp: GatewayProcess, check: Callable[[Metrics], bool]) -> Metrics:
+    """Scrape until ``check`` holds (other processes flush once a second)."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            m = await scrape(f"{gp.http_url}/metrics")
+            if check(m):
+                return m
+            await asyncio.sleep(0.1)
+
+
+def usage_of(response: dict[str, Any]) -> tuple[int, int]:
+    usage = response["result"]["usage"]
+    return usage["promptTokens"], usage["completionTokens"]
+
+
+def assert_bounded(m: Metrics, registered: set[str], forbidden: list[str]) -> None:
+    for name, labels, _ in m.samples:
+        if not name.startswith("gateway_"):
+            continue
+        assert set(labels) <= LABELS, (name, labels)
+        if "method" in labels:
+            assert labels["method"] in registered | {"unknown"}, labels
+        for value in labels.values():
+            assert not any(f in value for f in forbidden), (name, labels)
+
+
+async def test_metrics_count_known_traffic_exactly(tmp_path: Path) -> None:
+    """N calls, M streams, K errors, a cancel, a failover and a slow consumer, counted exactly."""
+    big = Reply(text=["x" * 16384] * 800)
+    async with OpenAIFake() as fake:
+        fake.script(Reply(status=503), big)
+        models = (
+            *DEFAULT_MODELS,
+            fake.model_config("gpt", fallbacks=("offline-fast",)),
+            fake.model_config("big"),
+        )
+        config = models_toml(models, "offline-fast") + SERVER
+        async with gateway_process(tmp_path, config=config, env={**ENV, **fake.env}) as gp:
+            metrics_url = f"{gp.http_url}/metrics"
+            tokens = {"input": 0, "output": 0}
+            async with client(gp, "tok-alice") as alice:
+                # N = 5 calls
+                for _ in range(5):
+                    assert "result" in await alice.call("chat.listModels")
+                before = await scrape(metrics_url)
+                assert before.get("gateway_connections") == 1
+                assert before.get("gateway_users") == 1
+                frames0, bytes0 = alice.frames, alice.bytes
+                # M = 3 streams
+                for i in range(3):
+                    _, deltas, final = await alice.stream(
+                        "chat.postChat", {"message": f"count me {i}"}, id=f"req-{i}-7f3a"
+                    )
+                    assert deltas and final["result"]["finishReason"] == "stop"
+                    p, c = usage_of(final)
+                    tokens["input"] += p
+                    tokens["output"] += c
+                after = await scrape(metrics_url)
+                # Only alice was served in between: what she received is what was sent.
+                assert (
+                    after.get("gateway_frames_sent_total") - before.get("gateway_frames_sent_total")
+                    == alice.frames - frames0
+                )
+                assert (
+                    after.get("gateway_sent_bytes_total") - before.get("gateway_sent_bytes_total")
+                    == alice.bytes - bytes0
+                )
+                # K errors: 2 unknown methods, 1 bad param, 1 parse error, 1 forbidden
+                for _ in range(2):
+                    assert (await alice.call("no.such"))["error"]["code"] == -32601
+                assert (await alice.call("chat.setModel", ["nope"]))["error"]["code"] == -32602
+                await alice.send("this is not json")
+                assert (await alice.recv())["error"]["code"] == -32700
+                assert (await alice.call("admin.status"))["error"]["code"] == -32003
+                # A stream running now, then cancelled
+                await alice.call("chat.setModel", ["offline"])
+                await alice.request(
+                    "chat.postChat", {"message": "a slow answer " * 20}, id="stream-9b1e"
+                )
+                assert (await alice.recv())["method"] == "stream.delta"
+                running = await scrape(metrics_url)
+                assert running.get("gateway_streams", model="offline") == 1
+                await alice.send(
+                    {"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": "stream-9b1e"}}
+                )
+                while "id" not in (frame := await alice.recv()):
+                    pass
+                assert frame["result"]["finishReason"] == "cancelled"
+                # A failover: gpt answers 503 before its first token, offline-fast answers
+                await alice.call("chat.setModel", ["gpt"])
+                _, _, final = await alice.stream("chat.postChat", {"message": "fail over"})
+                assert final["result"]["model"] == "offline-fast"
+                failover_tokens = usage_of(final)
+
+                # An unauthenticated socket fails auth.login (4500); a bad header is refused
+                async with client(gp) as anon:
+                    response = await anon.call("auth.login", ["wrong-token"])
+                    assert response["error"]["code"] == -32001
+                    with pytest.raises(ConnectionClosed):
+                        await anon.recv()
+                    assert anon.ws.close_code == 4500
+                with pytest.raises(Exception, match="401"):
+                    async with client(gp, "tok-forged"):
+                        pass
+
+                # A slow consumer: bob stops reading during a 13 MB answer
+                async with client(gp, "tok-bob", max_queue=1) as bob:
+                    assert "result" in await bob.call("chat.setModel", ["big"])
+                    await bob.request("chat.postChat", {"message": "flood me"})
+                    await until(gp, lambda m: m.get("gateway_slow_consumer_closes_total") == 1)
+                    with pytest.raises(ConnectionClosed) as closed:
+                        async with asyncio.timeout(TIMEOUT):
+                            while True:
+                                await bob.ws.recv()
+                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+
+                async with client(gp, "tok-root") as root:
+                    status = (await root.call("admin.status"))["result"]
+                    both = await scrape(metrics_url)
+                    assert both.get("gateway_connections") == 2
+                    assert both.get("gateway_users") == 2
+                    assert status["connections"] == 2 and status["users"] == 2
+                    assert status["workers"] == 1
+                    assert status["models"]["big"]["operations"] == 1
+                    assert status["slowConsumerCloses"] == 1
+                doc = (await alice.call("rpc.discover"))["result"]
+                registered = {method["name"] for method in doc["methods"]}
+
+            m = await until(gp, lambda m: m.get("gateway_connections") == 0)
+    g = m.get
+    # Connections
+    assert g("gateway_connections_accepted_total") == 4
+    assert g("gateway_connections_rejected_total", reason="unauthenticated") == 1
+    assert g("gateway_connections_rejected_total") == 1
+    assert g("gateway_users") == 0
+    assert {ls["code"]: v for ls, v in _values(m, "gateway_close_codes_sent_total")} == {
+        "4500": 1,
+        "4000": 1,
+    }
+    assert g("gateway_slow_consumer_closes_total") == 1
+    # Calls by method and outcome
+    calls = {(ls["method"], ls["outcome"]): v for ls, v in _values(m, "gateway_calls_total")}
+    assert {k: v for k, v in calls.items() if v} == {
+        ("chat.listModels", "ok"): 5,
+        ("chat.postChat", "ok"): 4,
+        ("chat.postChat", "cancelled"): 1,
+        ("chat.postChat", "aborted"): 1,
+        ("chat.setModel", "ok"): 3,
+        ("chat.setModel", "error"): 1,
+        ("unknown", "error"): 2,
+        ("admin.status", "error"): 1,
+        ("admin.status", "ok"): 1,
+        ("auth.login", "error"): 1,
+        ("rpc.discover", "ok"): 1,
+    }
+    for method in ("chat.listModels", "chat.postChat", "chat.setModel", "admin.status"):
+        executed = sum(v for (meth, _), v in calls.items() if meth == method)
+        assert g("gateway_call_duration_seconds_count", method=method) == executed
+        assert g("gateway_call_duration_seconds_sum", method=method) > 0
+    errors = {ls["code"]: v for ls, v in _values(m, "gateway_errors_total")}
+    assert errors == {"-32601": 2, "-32602": 1, "-32700": 1, "-32003": 1, "-32001": 1}
+    # Streams
+    assert g("gateway_streams") == 0
+    assert g("gateway_streams_detached") == 0
+    assert g("gateway_deltas_merged_total") > 0  # the slow consumer's queue merged
+    # Models
+    fast = {"gen_ai_request_model": "offline-fast", "gen_ai_response_model": "offline-fast"}
+    usage = "gateway_gen_ai_client_token_usage"
+    assert m[f"{usage}_count", {**fast, "gen_ai_token_type": "input"}] == 3
+    assert m[f"{usage}_sum", {**fast, "gen_ai_token_type": "input"}] == tokens["input"]
+    assert m[f"{usage}_sum", {**fast, "gen_ai_token_type": "output"}] == tokens["output"]
+    failed_over = {"gen_ai_request_model": "gpt", "gen_ai_response_model": "offline-fast"}
+    assert m[f"{usage}_sum", {**failed_over, "gen_ai_token_type": "input"}] == failover_tokens[0]
+    assert m[f"{usage}_sum", {**failed_over, "gen_ai_token_type": "output"}] == failover_tokens[1]
+    assert m[f"{usage}_count", {"gen_ai_token_type": "input"}] == 6  # 3 + cancel + failover + big
+    ops = "gateway_gen_ai_client_operation_duration_seconds_count"
+    assert g(ops) == 6
+    assert g(ops, gen_ai_request_model="offline", error_type="") == 1
+    ttfc = "gateway_gen_ai_client_operation_time_to_first_chunk_seconds_count"
+    assert g(ttfc) == 6
+    per_chunk = "gateway_gen_ai_client_operation_time_per_output_chunk_seconds_count"
+    # One observation per operation with two chunks or more (the cancelled one may have one).
+    assert g(per_chunk) - g(per_chunk, gen_ai_request_model="offline") == 5
+    assert g("gateway_gen_ai_client_operation_time_per_output_chunk_seconds_sum") > 0
+    failover = {"gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt"}
+    assert m["gateway_gen_ai_failovers_total", {**failover, "error_type": "unavailable"}] == 1
+    assert g("gateway_gen_ai_failovers_total") == 1
+    assert m["gateway_gen_ai_upstream_errors_total", failover] == 1
+    assert g("gateway_gen_ai_upstream_errors_total") == 1
+    assert g("gateway_build_info") == 1
+    assert g("gateway_workers") == 1
+    assert_bounded(m, registered, ["alice", "bob", "root", "7f3a", "stream-9b1e", "tok-"])
+
+
+def _values(m: Metrics, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(ls, v) for n, ls, v in m.samples if n == name and v]
