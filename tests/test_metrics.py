@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway import metrics
 from gateway.config import DEFAULT_MODELS
 from tests.fakes import Reply
 from tests.fakes.openai_server import OpenAIFake
@@ -264,3 +268,103 @@ async def test_metrics_count_known_traffic_exactly(tmp_path: Path) -> None:
 
 def _values(m: Metrics, name: str) -> list[tuple[dict[str, str], float]]:
     return [(ls, v) for n, ls, v in m.samples if n == name and v]
+
+
+async def admin_status(gp: GatewayProcess, *args: str) -> tuple[int, str, str]:
+    """``gateway admin status ARGS`` as a subprocess against ``gp``, as root."""
+    env = {**os.environ, "GATEWAY_URL": gp.ws_url, "GATEWAY_TOKEN": "tok-root"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "admin", "status", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(TIMEOUT):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_two_processes_sharing_a_multiprocess_dir_add_up_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scraping either of two gateways counts both; a dead worker's live gauges drop out."""
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {**ENV, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    config = models_toml(DEFAULT_MODELS, "offline-fast")
+    async with (
+        gateway_process(tmp_path, config=config, env=env, name="a") as a,
+        gateway_process(tmp_path, config=config, env=env, name="b") as b,
+        AsyncExitStack() as stack,
+    ):
+        on_a = await stack.enter_async_context(client(a, "tok-alice"))
+        on_b = await stack.enter_async_context(client(b, "tok-bob"))
+        root_b = await stack.enter_async_context(client(b, "tok-root"))
+        for _ in range(3):
+            assert "result" in await on_a.call("chat.listModels")
+        for _ in range(4):
+            assert "result" in await on_b.call("chat.listModels")
+        await on_a.stream("chat.postChat", {"message": "one"})
+        for i in range(2):
+            await on_b.stream("chat.postChat", {"message": f"two {i}"})
+        assert (await root_b.call("no.such"))["error"]["code"] == -32601
+        sent = on_a.frames + on_b.frames + root_b.frames
+        size = on_a.bytes + on_b.bytes + root_b.bytes
+
+        # B tallies frames once a second: wait for it, then every figure is exact.
+        for gp in (a, b):
+            m = await until(gp, lambda m: m.get("gateway_frames_sent_total") == sent)
+            assert m.get("gateway_sent_bytes_total") == size
+            assert m.get("gateway_calls_total", method="chat.listModels", outcome="ok") == 7
+            assert m.get("gateway_calls_total", method="chat.postChat", outcome="ok") == 3
+            assert m.get("gateway_calls_total", method="unknown", outcome="error") == 1
+            assert m.get("gateway_call_duration_seconds_count", method="chat.postChat") == 3
+            assert m.get("gateway_errors_total", code=-32601) == 1
+            assert m.get("gateway_connections") == 3
+            assert m.get("gateway_connections_accepted_total") == 3
+            assert m.get("gateway_users") == 3
+            assert m.get("gateway_workers") == 2
+            assert m.get("gateway_gen_ai_client_token_usage_count", gen_ai_token_type="input") == 3
+
+        # The admin view reads the same aggregate (its own connection included).
+        code, out, err = await admin_status(a, "--json")
+        assert code == 0, err
+        status = json.loads(out)
+        assert status["workers"] == 2
+        assert status["connections"] == 4 and status["users"] == 4
+        assert status["calls"] == 7 + 3 + 1 + 1  # and the CLI client's own auth call
+        assert status["errors"] == {"-32601": 1}
+        assert status["models"]["offline-fast"]["operations"] == 3
+        code, out, err = await admin_status(b)
+        assert code == 0, err
+        assert "2 worker(s)" in out and "offline-fast" in out
+
+        # B dies with two sockets open: until the supervisor says so, its gauges still count.
+        await b.stop(signal.SIGKILL)
+        m = await scrape(f"{a.http_url}/metrics")
+        assert m.get("gateway_connections") == 3
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
+        metrics.worker_died(b.pid)
+        m = await scrape(f"{a.http_url}/metrics")
+        assert m.get("gateway_connections") == 1
+        assert m.get("gateway_users") == 1
+        assert m.get("gateway_workers") == 1
+        # Counters keep what the dead worker counted.
+        assert m.get("gateway_calls_total", method="chat.listModels", outcome="ok") == 7
+
+
+async def test_a_non_admin_gets_forbidden_from_admin_status(tmp_path: Path) -> None:
+    """admin.status is -32003 for a user without the admin role; the CLI exits 1."""
+    config = models_toml(DEFAULT_MODELS, "offline-fast")
+    async with gateway_process(tmp_path, config=config, env=ENV) as gp:
+        async with client(gp, "tok-alice") as alice:
+            response = await alice.call("admin.status")
+            assert response["error"]["code"] == -32003
+        env = {**os.environ, "GATEWAY_URL": gp.ws_url, "GATEWAY_TOKEN": "tok-alice"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "admin", "status", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            out, err = await proc.communicate()
+        assert proc.returncode == 1
+        assert b"-32003" in err and not out
