@@ -37,6 +37,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -67,6 +68,10 @@ __all__ = [
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+# A `_created` series per counter doubles the scrape for a timestamp nobody graphs.
+disable_created_metrics()
 
 
 def multiprocess_dir() -> str | None:
