@@ -18,6 +18,9 @@ supervisor calls :func:`worker_died` with its pid, which drops its live
 gauges (its counters stay: totals never go backwards). A process that stops
 cleanly does the same for itself (:func:`process_exiting`).
 
+**Off.** ``GATEWAY_METRICS=off`` (read at import) replaces every metric by a
+no-op: the benchmark's baseline, and a switch for whoever wants none.
+
 **Hot paths.** Frames and bytes sent are tallied in plain integers and added
 to their counters by :func:`flush` (once a second, and before every scrape),
 so writing a frame costs two integer additions, not a locked counter update.
@@ -73,6 +76,35 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A `_created` series per counter doubles the scrape for a timestamp nobody graphs.
 disable_created_metrics()
 
+ENABLED = os.environ.get("GATEWAY_METRICS", "on").strip().lower() not in ("0", "off", "false", "no")
+"""False when ``GATEWAY_METRICS=off``: nothing is counted or exported."""
+
+
+class _Off:
+    """Stands in for every metric when metrics are off."""
+
+    def labels(self, *values: str) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+_OFF = _Off()
+
+
+def _metric(kind: Any, *args: Any, **kwargs: Any) -> Any:
+    return kind(*args, **kwargs) if ENABLED else _OFF
+
 
 def multiprocess_dir() -> str | None:
     """The shared directory of multiprocess mode, or None in single-process mode."""
@@ -81,33 +113,40 @@ def multiprocess_dir() -> str | None:
 
 # Connections and users
 
-CONNECTIONS = Gauge(
-    "gateway_connections", "WebSocket connections open now", multiprocess_mode="livesum"
+CONNECTIONS = _metric(
+    Gauge, "gateway_connections", "WebSocket connections open now", multiprocess_mode="livesum"
 )
-CONNECTIONS_ACCEPTED = Counter(
-    "gateway_connections_accepted", "WebSocket connections accepted (handshake completed)"
+CONNECTIONS_ACCEPTED = _metric(
+    Counter, "gateway_connections_accepted", "WebSocket connections accepted (handshake completed)"
 )
-CONNECTIONS_REJECTED = Counter(
+CONNECTIONS_REJECTED = _metric(
+    Counter,
     "gateway_connections_rejected",
     "Connections refused: at the handshake (origin, unauthenticated) or at once (server_full)",
     ["reason"],
 )
-USERS = Gauge(
+USERS = _metric(
+    Gauge,
     "gateway_users",
     "Distinct authenticated users with a connection (per process, summed over processes)",
     multiprocess_mode="livesum",
 )
-CLOSE_CODES = Counter(
+CLOSE_CODES = _metric(
+    Counter,
     "gateway_close_codes_sent",
     "WebSocket closes the server started, by close code",
     ["code"],
 )
-SLOW_CONSUMER_CLOSES = Counter(
+SLOW_CONSUMER_CLOSES = _metric(
+    Counter,
     "gateway_slow_consumer_closes",
     "Connections closed (4000) because a frame could not be written within send_timeout",
 )
-WORKERS = Gauge("gateway_workers", "Gateway processes serving now", multiprocess_mode="livesum")
-BUILD_INFO = Gauge(
+WORKERS = _metric(
+    Gauge, "gateway_workers", "Gateway processes serving now", multiprocess_mode="livesum"
+)
+BUILD_INFO = _metric(
+    Gauge,
     "gateway_build_info",
     "Always 1; the labels name the gateway and Python versions",
     ["version", "python"],
@@ -116,21 +155,24 @@ BUILD_INFO = Gauge(
 
 # Frames
 
-FRAMES_SENT = Counter("gateway_frames_sent", "WebSocket frames written to clients")
-BYTES_SENT = Counter("gateway_sent_bytes", "Bytes of frame payload written to clients")
-DELTAS_MERGED = Counter(
+FRAMES_SENT = _metric(Counter, "gateway_frames_sent", "WebSocket frames written to clients")
+BYTES_SENT = _metric(Counter, "gateway_sent_bytes", "Bytes of frame payload written to clients")
+DELTAS_MERGED = _metric(
+    Counter,
     "gateway_deltas_merged",
     "stream.delta pieces folded into a frame still queued (the reader was lagging)",
 )
 
 # JSON-RPC calls
 
-CALLS = Counter(
+CALLS = _metric(
+    Counter,
     "gateway_calls",
     "JSON-RPC calls by method and outcome (ok, error, cancelled, aborted)",
     ["method", "outcome"],
 )
-CALL_DURATION = Histogram(
+CALL_DURATION = _metric(
+    Histogram,
     "gateway_call_duration_seconds",
     "Time from the start of a call to its response (streams: to the final result)",
     ["method"],
@@ -154,14 +196,21 @@ CALL_DURATION = Histogram(
         120,
     ),
 )
-ERRORS = Counter("gateway_errors", "JSON-RPC error responses sent, by error code", ["code"])
+ERRORS = _metric(
+    Counter, "gateway_errors", "JSON-RPC error responses sent, by error code", ["code"]
+)
 
 # Streams
 
-STREAMS = Gauge(
-    "gateway_streams", "Answers streaming now, by model", ["model"], multiprocess_mode="livesum"
+STREAMS = _metric(
+    Gauge,
+    "gateway_streams",
+    "Answers streaming now, by model",
+    ["model"],
+    multiprocess_mode="livesum",
 )
-STREAMS_DETACHED = Gauge(
+STREAMS_DETACHED = _metric(
+    Gauge,
     "gateway_streams_detached",
     "Streams running with no connection attached (0 until resumable streams exist)",
     multiprocess_mode="livesum",
@@ -175,13 +224,15 @@ _GENAI = [
     "gen_ai_request_model",
     "gen_ai_response_model",
 ]
-TOKEN_USAGE = Histogram(
+TOKEN_USAGE = _metric(
+    Histogram,
     "gateway_gen_ai_client_token_usage",
     "Tokens used per operation, by token type (input, output)",
     [*_GENAI, "gen_ai_token_type"],
     buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
 )
-OPERATION_DURATION = Histogram(
+OPERATION_DURATION = _metric(
+    Histogram,
     "gateway_gen_ai_client_operation_duration_seconds",
     "Duration of a model operation, failovers included; error_type set when it failed",
     [*_GENAI, "error_type"],
@@ -202,7 +253,8 @@ OPERATION_DURATION = Histogram(
         81.92,
     ),
 )
-TIME_TO_FIRST_CHUNK = Histogram(
+TIME_TO_FIRST_CHUNK = _metric(
+    Histogram,
     "gateway_gen_ai_client_operation_time_to_first_chunk_seconds",
     "Time from the start of an operation to its first output chunk",
     _GENAI,
@@ -225,18 +277,21 @@ TIME_TO_FIRST_CHUNK = Histogram(
         10.0,
     ),
 )
-TIME_PER_OUTPUT_CHUNK = Histogram(
+TIME_PER_OUTPUT_CHUNK = _metric(
+    Histogram,
     "gateway_gen_ai_client_operation_time_per_output_chunk_seconds",
     "Mean time between output chunks after the first, one observation per operation",
     _GENAI,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
 )
-FAILOVERS = Counter(
+FAILOVERS = _metric(
+    Counter,
     "gateway_gen_ai_failovers",
     "Failovers to the next model, by the model that failed and why",
     ["gen_ai_provider_name", "gen_ai_request_model", "error_type"],
 )
-UPSTREAM_ERRORS = Counter(
+UPSTREAM_ERRORS = _metric(
+    Counter,
     "gateway_gen_ai_upstream_errors",
     "Errors from upstream models (those failed over included), by kind",
     ["gen_ai_provider_name", "gen_ai_request_model", "error_type"],
