@@ -390,15 +390,26 @@ class CallMetrics:
 
 # Streams and models
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached: label values here are bounded (config names)."""
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
 
 def stream_started(model: str) -> None:
     """An answer of ``model`` (a configured name) starts streaming."""
-    STREAMS.labels(model).inc()
+    _child(STREAMS, model).inc()
 
 
 def stream_ended(model: str) -> None:
     """An answer of ``model`` ended (however it ended)."""
-    STREAMS.labels(model).dec()
+    _child(STREAMS, model).dec()
 
 
 _ERROR_KINDS = {
@@ -455,7 +466,7 @@ class ModelCall:
         now = time.perf_counter()
         if not self._chunks:
             self._first = now
-            TIME_TO_FIRST_CHUNK.labels(*self._labels()).observe(now - self._start)
+            _child(TIME_TO_FIRST_CHUNK, *self._labels()).observe(now - self._start)
         self._chunks += 1
         self._last = now
 
@@ -474,16 +485,16 @@ class ModelCall:
             return
         self._closed = True
         labels = self._labels()
-        OPERATION_DURATION.labels(*labels, self._error or "").observe(
+        _child(OPERATION_DURATION, *labels, self._error or "").observe(
             time.perf_counter() - self._start
         )
         if self._chunks > 1:
-            TIME_PER_OUTPUT_CHUNK.labels(*labels).observe(
+            _child(TIME_PER_OUTPUT_CHUNK, *labels).observe(
                 (self._last - self._first) / (self._chunks - 1)
             )
         used = usage()
-        TOKEN_USAGE.labels(*labels, "input").observe(used.prompt_tokens)
-        TOKEN_USAGE.labels(*labels, "output").observe(used.completion_tokens)
+        _child(TOKEN_USAGE, *labels, "input").observe(used.prompt_tokens)
+        _child(TOKEN_USAGE, *labels, "output").observe(used.completion_tokens)
 
 
 # Exposition and process lifecycle

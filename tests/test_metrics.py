@@ -22,10 +22,18 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway import metrics
 from gateway.config import DEFAULT_MODELS
+from gateway.modules.base import Module, exposed, register_module
 from tests.fakes import Reply
 from tests.fakes.openai_server import OpenAIFake
-from tests.gateway_process import GatewayProcess, Metrics, gateway_process, models_toml, scrape
-from tests.support import RawClient
+from tests.gateway_process import (
+    GatewayProcess,
+    Metrics,
+    gateway_process,
+    http_get,
+    models_toml,
+    scrape,
+)
+from tests.support import RawClient, gateway_server
 
 KEYS = "alice:tok-alice,bob:tok-bob,root:tok-root"
 ENV = {"GATEWAY_API_KEYS": KEYS, "GATEWAY_ADMINS": "root"}
@@ -368,3 +376,54 @@ async def test_a_non_admin_gets_forbidden_from_admin_status(tmp_path: Path) -> N
             out, err = await proc.communicate()
         assert proc.returncode == 1
         assert b"-32003" in err and not out
+
+
+async def test_a_separate_metrics_port_serves_metrics_only_there(tmp_path: Path) -> None:
+    """With metrics_port set, /metrics moves there; the main port answers 404 for it."""
+    config = models_toml(DEFAULT_MODELS, "offline-fast") + "[server]\nmetrics_port = 0\n"
+    async with gateway_process(tmp_path, config=config, env=ENV) as gp:
+        assert gp.proc.stdout is not None
+        async with asyncio.timeout(TIMEOUT):
+            line = (await gp.proc.stdout.readline()).decode().strip()
+        metrics_url = line.removeprefix("Metrics on ")
+        assert not metrics_url.startswith(gp.http_url)
+        async with client(gp, "tok-alice") as alice:
+            await alice.call("chat.listModels")
+        m = await scrape(metrics_url)
+        assert m.get("gateway_calls_total", method="chat.listModels", outcome="ok") == 1
+        assert (await http_get(f"{gp.http_url}/metrics"))[0] == 404
+        assert (await http_get(metrics_url.replace("/metrics", "/healthz")))[0] == 404
+        assert (await http_get(f"{gp.http_url}/healthz"))[0] == 200
+
+
+class Firehose(Module):
+    namespace = "test"
+
+    @exposed("firehose")
+    async def firehose(self, size: int) -> AsyncIterator[str]:
+        """Deltas of ``size`` characters as fast as the queue takes them."""
+        while True:
+            yield "x" * size
+
+
+async def test_deltas_merged_counts_every_merge_of_a_lagging_reader() -> None:
+    """gateway_deltas_merged_total grows by exactly the merges the connection's queue made."""
+    async with gateway_server() as gw:
+        register_module(gw.registry, Firehose())
+        before = _sample("gateway_deltas_merged_total")
+        headers = {"Authorization": "Bearer tok-alice"}
+        async with asyncio.timeout(TIMEOUT):
+            async with connect(gw.ws_url, additional_headers=headers, max_queue=1) as ws:
+                await ws.send('{"jsonrpc":"2.0","id":1,"method":"test.firehose","params":[8192]}')
+                conn = next(iter(gw.connections))
+                while conn.outbound.merged < 50:  # lag until the socket buffers are full
+                    await asyncio.sleep(0.02)
+                await ws.send('{"jsonrpc":"2.0","method":"rpc.cancel","params":{"id":1}}')
+                while "result" not in json.loads(await ws.recv()):
+                    pass
+                merged = conn.outbound.merged
+    assert _sample("gateway_deltas_merged_total") - before == merged
+
+
+def _sample(name: str) -> float:
+    return sum(v for n, _, v in metrics.samples() if n == name)

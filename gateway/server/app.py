@@ -439,6 +439,8 @@ class Gateway:
             # bench/README.md: 0.4 ms of GC per short answer before, 0.06 ms after.
             gc.freeze()
             print(f"Gateway listening on {self.ws_url} (node {node_id()})", flush=True)
+            if self._metrics_server is not None:
+                print(f"Metrics on {self.metrics_url}", flush=True)
             if self.startup_token:
                 print(
                     "No API keys configured: minted a token for this run (user 'local', admin).\n"

@@ -53,6 +53,7 @@ class AuthModule(Module):
         except LimitExceeded:
             conn.close_soon(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
             raise
+        telemetry.logged_in(identity.user.id)
         return _describe(identity)
 
     @exposed("refresh")

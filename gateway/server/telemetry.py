@@ -29,6 +29,7 @@ __all__ = [
     "connected",
     "disconnected",
     "drain",
+    "logged_in",
     "rejected",
     "run_flush",
 ]
@@ -84,6 +85,11 @@ def rejected(reason: str, ws: ServerConnection | None = None) -> None:
     metrics.CONNECTIONS_REJECTED.labels(reason).inc()
     code = _close(ws)[0] if ws is not None else None
     event(log, "reject", reason=reason, code=code)
+
+
+def logged_in(user_id: str) -> None:
+    """A connection logged in by frame (``auth.login``); header logins show in ``connect``."""
+    event(log, "login", user_id=user_id)
 
 
 def auth_failed(where: str, exc: GatewayError) -> None:
