@@ -13,8 +13,14 @@ and alternated ``--repeat`` times (median reported):
 
 Each mode measures (a) 100 connections streaming the offline-fast model
 back to back (frames/s) and (c) JSON-RPC round trips with 1 and 50 clients
-(calls/s), with the load from separate processes (bench/load.py). Prints
-each mode's figures and its ratio to ``off``; target >= 0.9x.
+(calls/s), with the load from separate processes (bench/load.py). The order
+of the modes rotates from one repetition to the next, and each ratio is the
+median over repetitions of ``mode / off`` within the same repetition (the
+neighbours' load on a shared machine drifts slower than one repetition).
+Target >= 0.9x.
+
+First, in-process and without sockets: the CPU time of one JSON-RPC dispatch
+with and without the metrics observer (the per-call price, free of noise).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
+import statistics
 import sys
 import tempfile
 import time
@@ -56,7 +64,7 @@ class Plan:
     seconds: float
 
 
-FULL = Plan(stream_conns=100, rpc_clients=(1, 50), warmup=1.5, seconds=6.0)
+FULL = Plan(stream_conns=100, rpc_clients=(1, 50), warmup=1.0, seconds=4.0)
 QUICK = Plan(stream_conns=20, rpc_clients=(1, 20), warmup=0.5, seconds=2.0)
 
 
@@ -139,18 +147,60 @@ async def one_mode(mode: str, plan: Plan, workdir: Path, users: int) -> dict[str
 
 
 def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[(len(ordered) - 1) // 2]
+    return statistics.median(values)
+
+
+async def dispatch_cost(rounds: int = 7, calls: int = 20000) -> tuple[float, float]:
+    """CPU microseconds per JSON-RPC call through RpcSession, without and with the observer."""
+    from gateway import metrics
+    from gateway.jsonrpc import Outbound, Registry, RpcSession
+
+    async def get_model() -> dict:
+        return {"name": "offline-fast"}
+
+    registry = Registry()
+    registry.add("chat.getCurrentModel", get_model, public=True)
+    observer = metrics.CallMetrics(lambda name: registry.get(name) is not None)
+    frame = '{"jsonrpc":"2.0","id":1,"method":"chat.getCurrentModel"}'
+
+    async def run(with_observer: bool) -> float:
+        out = Outbound(max_bytes=1 << 30)
+        session = RpcSession(
+            registry,
+            out,
+            authorize=lambda spec: contextvars.copy_context(),
+            observer=observer if with_observer else None,
+        )
+        t0 = time.process_time()
+        for _ in range(calls):
+            await session.handle_text(frame)
+            while session.inflight:
+                await asyncio.sleep(0)
+            await out.get()
+        return (time.process_time() - t0) / calls * 1e6
+
+    off, on = [], []
+    for _ in range(rounds):
+        off.append(await run(False))
+        on.append(await run(True))
+    return median(off), median(on)
 
 
 async def main(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
+    run.Quiet.max_wait = args.wait_quiet
     users = max(plan.stream_conns, *plan.rpc_clients) + 1
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    off_us, on_us = await dispatch_cost()
+    print(
+        f"in-process dispatch (no sockets): {off_us:.1f} us/call without the observer, "
+        f"{on_us:.1f} with: +{on_us - off_us:.1f} us per call",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
         workdir = Path(tmp)
         for i in range(args.repeat):
-            for mode in MODES:
+            for mode in MODES[i % 3 :] + MODES[: i % 3]:
                 result = await one_mode(mode, plan, workdir, users)
                 runs[mode].append(result)
                 figures = "  ".join(
@@ -170,7 +220,11 @@ async def main(args: argparse.Namespace) -> int:
     ok = True
     for key in keys:
         med = {mode: median([r[key]["per_s"] for r in runs[mode]]) for mode in MODES}
-        ratios = {mode: med[mode] / med["off"] if med["off"] else float("nan") for mode in MODES}
+        pairs = {mode: list(zip(runs[mode], runs["off"], strict=True)) for mode in MODES}
+        ratios = {
+            mode: median([r[key]["per_s"] / o[key]["per_s"] for r, o in pairs[mode]])
+            for mode in MODES
+        }
         ok &= all(ratios[m] >= TARGET for m in ("on", "on-mp"))
         print(
             f"{labels[key]:34s} {med['off']:9.0f} {med['on']:9.0f} {ratios['on']:5.2f}x "
@@ -181,11 +235,22 @@ async def main(args: argparse.Namespace) -> int:
     print("server CPU per operation (us); ratio = off / mode")
     for key in keys:
         med = {mode: median([r[key]["cpu_us"] for r in runs[mode]]) for mode in MODES}
-        ratios = {mode: med["off"] / med[mode] if med[mode] else float("nan") for mode in MODES}
+        pairs = {mode: list(zip(runs[mode], runs["off"], strict=True)) for mode in MODES}
+        ratios = {
+            mode: median([o[key]["cpu_us"] / r[key]["cpu_us"] for r, o in pairs[mode]])
+            for mode in MODES
+        }
         print(
             f"{labels[key]:34s} {med['off']:9.1f} {med['on']:9.1f} {ratios['on']:5.2f}x "
             f"{med['on-mp']:9.1f} {ratios['on-mp']:5.2f}x"
         )
+    rpc = f"calls/{plan.rpc_clients[-1]}"
+    whole = median([r[rpc]["cpu_us"] for r in runs["off"]])
+    print(
+        f"the observer's +{on_us - off_us:.1f} us is {(on_us - off_us) / whole:.1%} of the "
+        f"{whole:.0f} us of server CPU a round trip costs with metrics off "
+        f"(-> {whole / (whole + on_us - off_us):.2f}x)"
+    )
     print("PASS" if ok else "BELOW TARGET")
     return 0
 
@@ -193,7 +258,14 @@ async def main(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
-    parser.add_argument("--repeat", type=int, default=2, help="alternate the modes N times")
+    parser.add_argument("--repeat", type=int, default=3, help="alternate the modes N times")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each server starts, wait up to S s for the machine to calm down",
+    )
     return parser.parse_args(argv)
 
 
