@@ -153,6 +153,22 @@ BUILD_INFO = _metric(
     multiprocess_mode="max",
 )
 
+# Shared state
+
+REDIS_UP = _metric(
+    Gauge,
+    "gateway_redis_up",
+    "1 while Redis answers, 0 during an outage (the lowest over workers); absent without Redis",
+    ["store"],
+    multiprocess_mode="livemin",
+)
+REDIS_ERRORS = _metric(
+    Counter,
+    "gateway_redis_errors",
+    "Redis calls that failed (refused, reset or timed out)",
+    ["store"],
+)
+
 # Frames
 
 FRAMES_SENT = _metric(Counter, "gateway_frames_sent", "WebSocket frames written to clients")
