@@ -169,6 +169,17 @@ REDIS_ERRORS = _metric(
     ["store"],
 )
 
+
+def redis_up(up: bool, store: str = "sessions") -> None:
+    """Redis answered (``True``) or stopped answering (``False``)."""
+    _child(REDIS_UP, store).set(1 if up else 0)
+
+
+def redis_error(store: str = "sessions") -> None:
+    """One Redis call failed."""
+    _child(REDIS_ERRORS, store).inc()
+
+
 # Frames
 
 FRAMES_SENT = _metric(Counter, "gateway_frames_sent", "WebSocket frames written to clients")
@@ -553,11 +564,13 @@ def process_exiting() -> None:
         worker_died(os.getpid())
 
 
-def worker_died(pid: int) -> None:
+def worker_died(pid: int, path: str | None = None) -> None:
     """A worker ``pid`` is gone (crashed or stopped): its live gauges no longer count.
 
-    For the supervisor: call it when a worker exits. Its counters stay.
+    For the supervisor: call it when a worker exits, with the workers'
+    ``PROMETHEUS_MULTIPROC_DIR`` as ``path`` (default: this process's). Its
+    counters stay.
     """
-    path = multiprocess_dir()
+    path = path or multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid, path)
