@@ -500,9 +500,9 @@ class ModelCall:
     def upstream_error(self, exc: UpstreamError, *, failover: bool) -> None:
         """The current attempt failed; ``failover`` says whether the next model is tried."""
         kind = error_kind(exc)
-        UPSTREAM_ERRORS.labels(self._provider, self._response, kind).inc()
+        _child(UPSTREAM_ERRORS, self._provider, self._response, kind).inc()
         if failover:
-            FAILOVERS.labels(self._provider, self._response, kind).inc()
+            _child(FAILOVERS, self._provider, self._response, kind).inc()
         else:
             self._error = kind
 
