@@ -128,6 +128,6 @@ def setup(fmt: str | None = None, *, level: str = "INFO", stream: TextIO | None 
     root.setLevel(level.upper())
     # One line per handshake or upstream request is noise at INFO; SDK debug lines
     # quote request bodies (message text), so they stay out below WARNING too.
-    for noisy in ("websockets", "httpx2", "httpx", "openai", "anthropic"):
+    for noisy in ("websockets", "httpx2", "httpx", "aiohttp", "openai", "anthropic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return fmt
