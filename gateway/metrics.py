@@ -122,7 +122,8 @@ CONNECTIONS_ACCEPTED = _metric(
 CONNECTIONS_REJECTED = _metric(
     Counter,
     "gateway_connections_rejected",
-    "Connections refused: at the handshake (origin, unauthenticated) or at once (server_full)",
+    "Connections refused at the handshake (origin, unauthenticated, throttled) or at once "
+    "(server_full)",
     ["reason"],
 )
 USERS = _metric(

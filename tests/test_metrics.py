@@ -40,7 +40,6 @@ ENV = {"GATEWAY_API_KEYS": KEYS, "GATEWAY_ADMINS": "root"}
 SERVER = """
 [server]
 send_timeout = 0.5
-close_timeout = 1.0
 outbound_queue_bytes = 65536
 """
 TIMEOUT = 20.0
