@@ -193,7 +193,9 @@ async def test_metrics_count_known_traffic_exactly(tmp_path: Path) -> None:
                         async with asyncio.timeout(TIMEOUT):
                             while True:
                                 await bob.ws.recv()
-                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+                    # 4000, or dropped when the close frame itself could not be written in time
+                    rcvd = closed.value.rcvd
+                    assert rcvd is None or rcvd.code == 4000
 
                 async with client(gp, "tok-root") as root:
                     status = (await root.call("admin.status"))["result"]
