@@ -84,7 +84,8 @@ def rejected(reason: str, ws: ServerConnection | None = None) -> None:
     """A connection refused: at the handshake (no ``ws``) or closed at once (``ws``)."""
     metrics.CONNECTIONS_REJECTED.labels(reason).inc()
     code = _close(ws)[0] if ws is not None else None
-    event(log, "reject", reason=reason, code=code)
+    # DEBUG: the metric counts them; a refused handshake logs at most one line (auth_failed).
+    event(log, "reject", logging.DEBUG, reason=reason, code=code)
 
 
 def logged_in(user_id: str) -> None:
