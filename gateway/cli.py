@@ -60,9 +60,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace, config: Config) -> int:
     """Run ``args.workers`` workers under :class:`gateway.supervisor.Supervisor`."""
+    import functools
     import secrets
+    import shutil
+    import tempfile
 
-    from gateway.supervisor import Supervisor, reserve_port, worker_command
+    from gateway import metrics
+    from gateway.supervisor import WORKER_EXIT_HOOKS, Supervisor, reserve_port, worker_command
 
     if config.sessions.store == "memory":
         print(
@@ -85,6 +89,13 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
     argv = ["--host", host, "--port", str(port)]
     if args.config:
         argv += ["--config", args.config]
+    if args.log_format:
+        argv += ["--log-format", args.log_format]
+    # One metrics directory for the workers (multiprocess mode); a dead worker's live
+    # gauges leave it as the supervisor sees it exit.
+    shared = env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
+    env["PROMETHEUS_MULTIPROC_DIR"] = shared
+    WORKER_EXIT_HOOKS.append(functools.partial(metrics.worker_died, path=shared))
     server = config.server
     supervisor = Supervisor(
         worker_command(argv),
@@ -105,6 +116,8 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
     finally:
         if reserved is not None:
             reserved.close()
+        if shared != os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _token(args: argparse.Namespace) -> int:

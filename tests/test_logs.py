@@ -136,7 +136,8 @@ async def test_json_logs_carry_context_and_no_secret_reaches_logs_or_metrics(
     alice_conn = next(r["connection_id"] for r in disconnects if r["user_id"] == "alice")
     assert failover["connection_id"] == alice_conn
     # shutting down, phase by phase
-    assert [r["phase"] for r in by_event["drain"]] == ["stop_accepting", "closing", "done"]
+    phases = [r["phase"] for r in by_event["drain"]]
+    assert phases == ["stop_accepting", "draining", "closing", "done"]
 
 
 def _record(msg: str, *args: Any, **extra: Any) -> logging.LogRecord:

@@ -33,7 +33,10 @@ from tests.gateway_process import (
     models_toml,
     scrape,
 )
+from tests.redis_support import gateway_processes, redis_server, redis_url
 from tests.support import RawClient, gateway_server
+
+__all__ = ["redis_server", "redis_url"]  # fixtures in use
 
 KEYS = "alice:tok-alice,bob:tok-bob,root:tok-root"
 ENV = {"GATEWAY_API_KEYS": KEYS, "GATEWAY_ADMINS": "root"}
@@ -428,3 +431,45 @@ async def test_deltas_merged_counts_every_merge_of_a_lagging_reader() -> None:
 
 def _sample(name: str) -> float:
     return sum(v for n, _, v in metrics.samples() if n == name)
+
+
+async def test_workers_2_metrics_count_both_workers_exactly(redis_url: str, tmp_path: Path) -> None:
+    """``serve --workers 2``: any scrape reports the sum over both workers, Redis up."""
+    env = {"GATEWAY_REDIS_URL": redis_url}
+    async with gateway_processes(tmp_path, 1, config="", workers=2, env=env) as procs:
+        sup = procs[0]
+        nodes: set[str] = set()
+        sent = size = calls = 0
+        users = ("bob", "carol", "dave", "erin", "frank")
+        async with AsyncExitStack() as stack:
+            open_clients = []
+            # Connect until both workers hold connections (the kernel picks the worker).
+            for attempt in range(40):
+                user = users[attempt % len(users)]
+                headers = {"Authorization": f"Bearer tok-{user}"}
+                async with asyncio.timeout(TIMEOUT):
+                    ws = await stack.enter_async_context(
+                        connect(sup.ws_url, additional_headers=headers)
+                    )
+                nodes.add(ws.response.headers["X-Gateway-Node"])
+                c = CountingClient(ws)
+                open_clients.append(c)
+                if len(nodes) == 2 and len(open_clients) >= 4:
+                    break
+            assert len(nodes) == 2
+            for c in open_clients:
+                for _ in range(3):
+                    assert "result" in await c.call("chat.listModels")
+                    calls += 1
+            for c in open_clients:
+                sent, size = sent + c.frames, size + c.bytes
+            m = await until(sup, lambda m: m.get("gateway_frames_sent_total") == sent)
+            assert m.get("gateway_sent_bytes_total") == size
+            assert m.get("gateway_calls_total", method="chat.listModels", outcome="ok") == calls
+            assert m.get("gateway_connections") == len(open_clients)
+            assert m.get("gateway_connections_accepted_total") == len(open_clients)
+            assert m.get("gateway_workers") == 2
+            assert m.get("gateway_redis_up") == 1
+            assert m.get("gateway_redis_errors_total") == 0
+        m = await until(sup, lambda m: m.get("gateway_connections") == 0)
+        assert m.get("gateway_calls_total", method="chat.listModels", outcome="ok") == calls
