@@ -121,6 +121,10 @@ class Server:
         self.port = 0
         self.config = HERE / "gateway.toml"
         """The gateway's config file (bench/resume.py swaps in one with the stream log off)."""
+        self.env: dict[str, str] = {}
+        """Extra environment of the server process."""
+        self.args: list[str] = []
+        """Extra arguments of ``gateway serve``."""
 
     @property
     def pid(self) -> int:
@@ -145,8 +149,10 @@ class Server:
                 prof = Server.profile_dir / f"gateway-{time.strftime('%H%M%S')}.prof"
                 cmd[1:3] = ["-c", _PROFILE_SNIPPET, str(prof)]
             env["GATEWAY_API_KEYS"] = ",".join(f"u{i}:t{i}" for i in range(self.users))
+            cmd += self.args
         else:
             cmd = [sys.executable, str(HERE / "raw_server.py"), "--port", "0"]
+        env.update(self.env)
         out = self.workdir / f"{self.kind}-{time.monotonic_ns()}.out"
         err = out.with_suffix(".err")
         self.out_path, self.err_path = out, err

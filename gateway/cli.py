@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,18 +18,11 @@ DEFAULT_DATA_DIR = "./.gateway"
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway import logs
     from gateway.errors import StoreUnavailable
-    from gateway.node import node_id
     from gateway.server.app import Gateway
 
-    node = node_id().replace("%", "%%")
-    logging.basicConfig(
-        level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s %(levelname)s {node} %(name)s: %(message)s",
-    )
-    # One line per handshake, and per upstream request, is noise at INFO.
-    for noisy in ("websockets", "httpx2", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(args.log_format, level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -68,9 +60,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace, config: Config) -> int:
     """Run ``args.workers`` workers under :class:`gateway.supervisor.Supervisor`."""
+    import functools
     import secrets
+    import shutil
+    import tempfile
 
-    from gateway.supervisor import Supervisor, reserve_port, worker_command
+    from gateway import metrics
+    from gateway.supervisor import WORKER_EXIT_HOOKS, Supervisor, reserve_port, worker_command
 
     if config.sessions.store == "memory":
         print(
@@ -93,6 +89,13 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
     argv = ["--host", host, "--port", str(port)]
     if args.config:
         argv += ["--config", args.config]
+    if args.log_format:
+        argv += ["--log-format", args.log_format]
+    # One metrics directory for the workers (multiprocess mode); a dead worker's live
+    # gauges leave it as the supervisor sees it exit.
+    shared = env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
+    env["PROMETHEUS_MULTIPROC_DIR"] = shared
+    WORKER_EXIT_HOOKS.append(functools.partial(metrics.worker_died, path=shared))
     server = config.server
     supervisor = Supervisor(
         worker_command(argv),
@@ -113,6 +116,8 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
     finally:
         if reserved is not None:
             reserved.close()
+        if shared != os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -163,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-data-dir",
         metavar="DIR",
         help="data directory when neither --data-dir, data_dir nor GATEWAY_DATA_DIR names one",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="log lines on stderr (default: text on a terminal, else JSON)",
     )
     serve.set_defaults(func=_serve)
 

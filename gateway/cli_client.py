@@ -28,7 +28,15 @@ from gateway.client import (
     connect,
 )
 
-__all__ = ["DEFAULT_URL", "add_parsers", "main", "run_call", "run_chat"]
+__all__ = [
+    "DEFAULT_URL",
+    "add_parsers",
+    "format_status",
+    "main",
+    "run_admin_status",
+    "run_call",
+    "run_chat",
+]
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -103,6 +111,16 @@ def add_parsers(subparsers: Any) -> None:
         help='a JSON object (named) or array (positional), e.g. \'{"message":"hi"}\'',
     )
     call.set_defaults(func=run_call)
+
+    admin = subparsers.add_parser("admin", help="operator views (admin role)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    status = admin_sub.add_parser(
+        "status",
+        parents=[common],
+        help="connections, users, streams and models in use, across all workers",
+    )
+    status.add_argument("--json", action="store_true", help="print the raw admin.status result")
+    status.set_defaults(func=run_admin_status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +211,53 @@ async def _call(
     print(_json(result), file=err)
     finish = result.get("finishReason") if isinstance(result, dict) else None
     return EXIT_ERROR if finish == "error" else EXIT_OK
+
+
+# gateway admin status
+
+
+def run_admin_status(args: argparse.Namespace) -> int:
+    """``gateway admin status``: the admin.status result, as text or JSON."""
+    url, token = _target(args)
+    try:
+        result = asyncio.run(_call_once(url, token, "admin.status", args.timeout))
+    except (ClientError, TimeoutError) as exc:
+        print(_describe(exc), file=sys.stderr)
+        return EXIT_ERROR
+    print(_json(result, indent=True) if args.json else format_status(result))
+    return EXIT_OK
+
+
+async def _call_once(url: str, token: str | None, method: str, timeout: float) -> Any:
+    async with connect(
+        url, token=token, reconnect=False, open_timeout=timeout, call_timeout=timeout
+    ) as client:
+        return await client.call(method)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """admin.status as a few lines for a terminal."""
+    streams = status["streams"]
+    lines = [
+        f"node {status['node']}: {status['workers']} worker(s)",
+        f"connections {status['connections']} (accepted {status['connectionsAccepted']}), "
+        f"users {status['users']}",
+        f"streams running {streams['running']}, detached {streams['detached']}",
+        f"calls {status['calls']}, errors {sum(status['errors'].values())} "
+        f"{_json(status['errors'])}, slow-consumer closes {status['slowConsumerCloses']}",
+    ]
+    models = status["models"]
+    if models:
+        lines.append(
+            f"{'model':<20} {'streams':>7} {'ops':>7} {'in tok':>9} {'out tok':>9} "
+            f"{'failover':>8} {'errors':>6}"
+        )
+        for name, m in models.items():
+            lines.append(
+                f"{name:<20} {m['streams']:>7} {m['operations']:>7} {m['inputTokens']:>9} "
+                f"{m['outputTokens']:>9} {m['failovers']:>8} {m['upstreamErrors']:>6}"
+            )
+    return "\n".join(lines)
 
 
 # gateway chat

@@ -92,6 +92,11 @@ class ServerConfig:
     """Directory served at ``/``; None serves the bundled ``web/``."""
     compression: bool = False
     """permessage-deflate; off by default (CPU and ~100 KiB per connection for little gain)."""
+    # Metrics
+    metrics_port: int | None = None
+    """None serves ``GET /metrics`` on the main port; a port serves it only there."""
+    metrics_host: str = "127.0.0.1"
+    """Interface of the separate metrics port."""
 
 
 @dataclass(frozen=True, slots=True)

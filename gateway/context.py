@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from gateway.errors import Unauthenticated
 
-__all__ = ["User", "current_user", "user_var"]
+__all__ = ["CallInfo", "User", "call_var", "connection_id_var", "current_user", "user_var"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +42,19 @@ def current_user() -> User:
     if user is None:
         raise Unauthenticated("No authenticated user in this context")
     return user
+
+
+class CallInfo(NamedTuple):
+    """The JSON-RPC call being served (for log lines)."""
+
+    id: Any
+    """The request id; None for a notification."""
+    method: str
+    streaming: bool
+
+
+call_var: ContextVar[CallInfo | None] = ContextVar("gateway_call", default=None)
+"""Set by the JSON-RPC session in the context each call runs in."""
+
+connection_id_var: ContextVar[str | None] = ContextVar("gateway_connection_id", default=None)
+"""Set by the server in each connection's handler task (calls copy it)."""

@@ -121,7 +121,7 @@ async def test_sigterm_mid_stream_finishes_the_stream_and_others_take_new_connec
         stream_id = await streaming.request("chat.postChat", [LONG_STORY])
         first = await streaming.recv()
         os.kill(pid, signal.SIGTERM)
-        await sup.wait_for(rf"{node} gateway.server.app: draining")
+        await sup.wait_for(rf'"event":"drain".*"node":"{node}".*"phase":"draining"')
         others = set()
         for _ in range(5):
             async with asyncio.timeout(TIMEOUT):

@@ -98,6 +98,9 @@ class _Delta:
 class Outbound:
     """FIFO of frames (bytes) and mergeable deltas, bounded by the bytes it holds."""
 
+    merged_total = 0
+    """Deltas merged by every queue of this process (read by the metrics)."""
+
     def __init__(
         self,
         *,
@@ -206,6 +209,7 @@ class Outbound:
             pending.size += len(text)
             self._bytes += len(text)
             self.merged += 1
+            Outbound.merged_total += 1
         else:
             pending = stream.pending = _Delta(stream, text, key, pos)
             self._items.append(pending)
@@ -223,6 +227,11 @@ class Outbound:
             finally:
                 self._reader = None
         return self._pop()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: nothing more reaches the client."""
+        return self._closed
 
     def close(self) -> None:
         """Wake everyone: producers and the writer get :class:`OutboundClosed`."""

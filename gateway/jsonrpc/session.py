@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.context import CallInfo, call_var
 from gateway.errors import (
     Cancelled,
     GatewayError,
@@ -35,12 +36,37 @@ from gateway.jsonrpc.outbound import DeltaStream, Outbound, OutboundClosed
 from gateway.jsonrpc.registry import Final, Follow, MethodSpec, Reasoning, Registry
 from gateway.streams.protocol import Piece, StreamEnd, current_stream
 
-__all__ = ["Authorize", "RpcSession", "SessionLimits", "StreamRelay"]
+__all__ = ["Authorize", "CallObserver", "RpcSession", "SessionLimits", "StreamRelay"]
 
 log = logging.getLogger(__name__)
 
 Authorize = Callable[[MethodSpec], contextvars.Context]
 """Admit a call (or raise a GatewayError) and give the context it runs in."""
+
+
+class CallObserver(Protocol):
+    """Told about every call and every response (metrics); must be cheap and never raise."""
+
+    def call_ended(self, method: str, outcome: str, seconds: float) -> None:
+        """A call of registered ``method`` ended: ok, error, cancelled or aborted."""
+
+    def call_refused(self, method: object) -> None:
+        """A call was refused before it ran; ``method`` is whatever the client sent."""
+
+    def sent(self, message: Any) -> None:
+        """A response or a batch of responses is being sent."""
+
+
+class _NoObserver:
+    def call_ended(self, method: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def call_refused(self, method: object) -> None:
+        pass
+
+    def sent(self, message: Any) -> None:
+        pass
+
 
 _NO_ID = object()
 
@@ -159,6 +185,7 @@ class RpcSession:
         limits: SessionLimits = SessionLimits(),
         on_abuse: Callable[[str], None] | None = None,
         streams: StreamRelay | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self._registry = registry
         self._streams = streams
@@ -166,6 +193,7 @@ class RpcSession:
         self._authorize = authorize
         self._limits = limits
         self._on_abuse = on_abuse
+        self._observer = observer or _NoObserver()
         self._garbage_in_a_row = 0
         self._bucket = _Bucket(rate=limits.rate, burst=limits.burst, tokens=limits.burst)
         self._flood_score = 0.0
@@ -234,6 +262,7 @@ class RpcSession:
             if not in_batch and len(self._units) >= self._limits.max_inflight:
                 raise self._too_many_inflight()
         except GatewayError as exc:
+            self._observer.call_refused(item.get("method") if isinstance(item, dict) else None)
             if isinstance(exc, InvalidRequest):
                 self._garbage()
             elif is_notification:
@@ -244,9 +273,11 @@ class RpcSession:
             # a streaming method called as a notification is not run at all.
             return None
         call = _Call(id=None if is_notification else id_, spec=spec, notification=is_notification)
+        context.run(call_var.set, CallInfo(call.id, spec.name, spec.streaming))
         if not is_notification:
             key = _id_key(id_)
             if key in self._inflight:
+                self._observer.call_refused(spec.name)
                 return _error(id_, InvalidRequest("Invalid Request: this id is already in flight"))
             self._inflight[key] = call
         # One coroutine per task: a task cancelled before it starts leaves no inner
@@ -373,6 +404,8 @@ class RpcSession:
         """Run one call and build its response; the only exception->wire boundary."""
         spec = call.spec
         call.started = True
+        response: dict[str, Any] | None = None
+        began = time.perf_counter()
         try:
             if call.cancel_requested:
                 if not spec.streaming:
@@ -403,6 +436,11 @@ class RpcSession:
         finally:
             if not call.notification:
                 self._inflight.pop(_id_key(call.id), None)
+            outcome = _outcome(response)
+            if outcome == "cancelled" and self.outbound.closed and not call.cancel_requested:
+                # A logged stream its socket's close stopped (nobody resumed it in time).
+                outcome = "aborted"
+            self._observer.call_ended(spec.name, outcome, time.perf_counter() - began)
         return None if call.notification else response
 
     async def _stream(self, call: _Call, args: Any, kwargs: Any) -> Any:
@@ -489,6 +527,7 @@ class RpcSession:
         raise InternalError()  # a log always ends with its StreamEnd
 
     async def _send(self, message: Any) -> None:
+        self._observer.sent(message)
         try:
             frame = encode(message)
         except (TypeError, ValueError, RecursionError):
@@ -540,6 +579,19 @@ def _unencodable(message: Any) -> Any:
         log.exception("cannot encode the response to id %r", message.get("id"))
         return _error(message.get("id"), InternalError())
     return message
+
+
+def _outcome(response: dict[str, Any] | None) -> str:
+    if response is None:
+        return "aborted"  # the connection went away
+    error = response.get("error")
+    if error is not None:
+        return "cancelled" if error["code"] == Cancelled.code else "error"
+    result = response["result"]
+    finish = result.get("finishReason") if isinstance(result, dict) else None
+    if finish == "cancelled":
+        return "cancelled"
+    return "error" if finish == "error" else "ok"
 
 
 def _uncancel() -> None:

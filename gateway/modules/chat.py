@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from gateway import metrics
 from gateway.config import LimitsConfig
 from gateway.context import User, current_user
 from gateway.errors import (
@@ -282,6 +283,7 @@ class ChatModule(LLMModule):
             max_tokens=max_tokens,
         )
         await self._take_stream_slot(user)
+        metrics.stream_started(model)
         try:
             stream = self.router.open(model, request)
             streamed = False
@@ -307,6 +309,7 @@ class ChatModule(LLMModule):
                 await stream.aclose()
             yield Final(await self._finish(user, stream, None))
         finally:
+            metrics.stream_ended(model)
             await self.leases.release("stream", user.id)
 
     async def _finish(

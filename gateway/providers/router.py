@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
+from gateway import metrics
 from gateway.errors import LimitExceeded, ModelUnavailable, UpstreamError
 from gateway.providers import output_limit
 from gateway.providers.base import ChatRequest, Chunk, ModelConfig, Provider, Usage
@@ -230,6 +231,7 @@ class RoutedStream:
         self._pieces: list[str] = []
         self._chunks: AsyncIterator[Chunk] | None = None
         self._done = False
+        self._metrics = metrics.ModelCall(name)
 
     def __aiter__(self) -> RoutedStream:
         return self
@@ -244,7 +246,11 @@ class RoutedStream:
             chunk = await chunks.__anext__()
         except StopAsyncIteration:
             chunk = _ENDED  # a provider that ended without its final chunk
+        except UpstreamError as exc:
+            self._metrics.upstream_error(exc, failover=False)
+            raise
         if chunk.finish_reason is None:
+            self._metrics.chunk()
             self._pieces.append(chunk.text or chunk.reasoning)
             return chunk
         await self._end(chunk)
@@ -254,6 +260,7 @@ class RoutedStream:
         chunks, self._chunks = self._chunks, None
         self._done = True
         await _close(chunks)
+        self._metrics.closed(lambda: self.result.usage if self.result else self.partial_usage())
 
     async def __aenter__(self) -> RoutedStream:
         return self
@@ -280,6 +287,7 @@ class RoutedStream:
                 log.warning("fallback model %s skipped: the conversation does not fit", name)
                 continue
             self.model, self._sent, self._dropped = name, request, dropped
+            self._metrics.attempt(config)
             chunks = provider.stream(request)
             try:
                 chunk = await chunks.__anext__()
@@ -287,7 +295,9 @@ class RoutedStream:
                 chunk = _ENDED
             except UpstreamError as exc:
                 await _close(chunks)
-                if not exc.retryable or position == len(chain) - 1:
+                last = not exc.retryable or position == len(chain) - 1
+                self._metrics.upstream_error(exc, failover=not last)
+                if last:
                     raise
                 failure = exc
                 log.warning(
@@ -295,6 +305,12 @@ class RoutedStream:
                     name,
                     chain[position + 1][0],
                     exc.message,
+                    extra={
+                        "event": "failover",
+                        "from_model": name,
+                        "to_model": chain[position + 1][0],
+                        "error_type": metrics.error_kind(exc),
+                    },
                 )
                 continue
             except BaseException:
@@ -304,6 +320,7 @@ class RoutedStream:
                 await self._end(chunk, chunks)
                 raise StopAsyncIteration
             self._chunks = chunks
+            self._metrics.chunk()
             self._pieces.append(chunk.text or chunk.reasoning)
             return chunk
         assert failure is not None

@@ -20,6 +20,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 import gateway
+from gateway import metrics
 from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import Authenticator, Identity, mint_token
 from gateway.budgets import BudgetLedger, RedisBudgetLedger
@@ -41,11 +42,13 @@ from gateway.modules.conversation import ConversationModule
 from gateway.modules.conversation_origin import OriginConversationModule
 from gateway.node import node_id
 from gateway.providers.router import ModelRouter
+from gateway.server import telemetry
+from gateway.server.admin_module import AdminModule
 from gateway.server.auth_module import AuthModule
 from gateway.server.closecodes import CloseCode
 from gateway.server.connection import Connection
-from gateway.server.http import WS_PATH, HttpRoutes
-from gateway.server.redact import RedactingLogger
+from gateway.server.http import WS_PATH, HttpRoutes, metrics_only
+from gateway.server.redact import RedactingLogger, register_secrets
 from gateway.server.secret import load_or_create_secret
 from gateway.server.transport import GatewaySocket
 from gateway.sessions.memory import MemorySessionStore
@@ -121,6 +124,7 @@ class Gateway:
                 secret, "local", ttl=30 * 86400, roles=("admin",), name="Local user"
             )
         self.config = config
+        register_secrets(_secrets(config, self.startup_token))
         limits = config.limits
         self.authenticator = Authenticator(
             config.auth,
@@ -178,6 +182,8 @@ class Gateway:
         register_module(self.registry, self.chat)
         register_module(self.registry, self.conversation)
         register_module(self.registry, OriginConversationModule(self.conversation))
+        register_module(self.registry, AdminModule())
+        self.call_metrics = metrics.CallMetrics(lambda name: self.registry.get(name) is not None)
         self.registry.add("rpc.discover", self._discover, public=True)
         self.streams: StreamHub | None = None
         if config.streams.enabled:
@@ -212,6 +218,7 @@ class Gateway:
         self.connections: set[Connection] = set()
         self._server: Server | None = None
         self._port: int | None = None
+        self._metrics_server: Server | None = None
         self._background: list[asyncio.Task[None]] = []
         web_root = Path(config.server.web_root) if config.server.web_root else WEB_ROOT
         self._routes = HttpRoutes(self, web_root)
@@ -249,12 +256,15 @@ class Gateway:
     # Serving
 
     async def _handle(self, ws: ServerConnection) -> None:
+        telemetry.bind(ws)
         conn = Connection(self, ws)
         identity = self.pending_identities.pop(ws, None)
         if len(self.connections) >= self.config.server.max_connections:
             await ws.close(CloseCode.TRY_AGAIN_LATER, "server at connection limit")
+            telemetry.rejected("server_full", ws)
             return
         self.connections.add(conn)
+        telemetry.connected(conn)
         try:
             if identity is not None:
                 try:
@@ -268,6 +278,7 @@ class Gateway:
             await conn.serve()
         finally:
             self.connections.discard(conn)
+            telemetry.disconnected(conn, self)
 
     async def start(self) -> None:
         """Connect shared state (``StoreUnavailable`` if Redis is unreachable), then listen."""
@@ -304,6 +315,17 @@ class Gateway:
         self._background.append(loop.create_task(self._watch_sends()))
         if isinstance(self.leases, RedisLeases):
             self._background.append(loop.create_task(self.leases.run_renewals()))
+        if cfg.metrics_port is not None:
+            # reuse_port: every worker of `--workers N` binds it; any one answers for all.
+            self._metrics_server = await serve(
+                _no_websocket,
+                cfg.metrics_host,
+                cfg.metrics_port,
+                process_request=metrics_only,
+                reuse_port=True,
+            )
+        metrics.worker_started()
+        self._background.append(loop.create_task(telemetry.run_flush()))
         self._background.append(
             asyncio.get_running_loop().create_task(self.conversation.run_cleanup())
         )
@@ -341,6 +363,14 @@ class Gateway:
         return f"ws://{self.config.server.host}:{self.port}{WS_PATH}"
 
     @property
+    def metrics_url(self) -> str:
+        """Where ``GET /metrics`` is served."""
+        if self._metrics_server is None:
+            return f"{self.http_url}/metrics"
+        port = self._metrics_server.sockets[0].getsockname()[1]
+        return f"http://{self.config.server.metrics_host}:{port}/metrics"
+
+    @property
     def http_url(self) -> str:
         return f"http://{self.config.server.host}:{self.port}"
 
@@ -362,14 +392,14 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         busy = sum(1 for conn in self.connections if conn.session.inflight)
-        log.info("draining: %d connections, %d with calls running", len(self.connections), busy)
+        telemetry.drain("draining", connections=len(self.connections), busy=busy)
         while self.connections and loop.time() < deadline:
             for conn in self.connections:
                 if not conn.session.inflight:
                     conn.close_soon(CloseCode.SERVICE_RESTART, "server restarting; reconnect")
             await asyncio.sleep(DRAIN_POLL)
         if self.connections:
-            log.warning("drain timeout: closing %d connections with 1001", len(self.connections))
+            telemetry.drain("timeout", logging.WARNING, connections=len(self.connections))
         await self.stop()
 
     async def stop(self) -> None:
@@ -378,6 +408,7 @@ class Gateway:
         for task in self._background:
             task.cancel()
         if self._server is not None:
+            telemetry.drain("closing", connections=len(self.connections))
             self._server.close(close_connections=True)
             try:
                 async with asyncio.timeout(self.config.server.shutdown_grace):
@@ -387,12 +418,18 @@ class Gateway:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.streams is not None:
             await self.streams.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
         await self.conversation.aclose()
         await self.router.aclose()
         if self.link is not None:
             await self.link.aclose()
         if self._own_conversations:
             await self.conversations.close()
+        if self._server is not None:
+            metrics.process_exiting()
+            telemetry.drain("done")
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -422,6 +459,8 @@ class Gateway:
             # bench/README.md: 0.4 ms of GC per short answer before, 0.06 ms after.
             gc.freeze()
             print(f"Gateway listening on {self.ws_url} (node {node_id()})", flush=True)
+            if self._metrics_server is not None:
+                print(f"Metrics on {self.metrics_url}", flush=True)
             if self.startup_token:
                 print(
                     "No API keys configured: minted a token for this run (user 'local', admin).\n"
@@ -430,7 +469,7 @@ class Gateway:
                     flush=True,
                 )
             await stop.wait()
-            log.info("shutting down: draining for up to %ss", self.config.server.drain_timeout)
+            telemetry.drain("stop_accepting", timeout=self.config.server.drain_timeout)
         finally:
             await self.drain(None if stop.is_set() else 0)
 
@@ -438,3 +477,14 @@ class Gateway:
 def _name_the_node(connection: ServerConnection, request: Any, response: Any) -> None:
     """Name the serving process in every handshake response (``X-Gateway-Node``)."""
     response.headers["X-Gateway-Node"] = node_id()
+
+
+def _secrets(config: Config, startup_token: str | None) -> list[str | None]:
+    """Every credential this gateway knows: none of them may reach a log line."""
+    upstream = [os.environ.get(m.api_key_env) for m in config.models if m.api_key_env]
+    return [*config.auth.api_keys, config.auth.jwt_secret, startup_token, *upstream]
+
+
+async def _no_websocket(ws: ServerConnection) -> None:
+    """The metrics port answers plain HTTP only; a stray handshake is closed at once."""
+    await ws.close(CloseCode.NORMAL, "metrics only")

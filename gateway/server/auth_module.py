@@ -8,6 +8,7 @@ from gateway.auth.throttle import LoginThrottled
 from gateway.auth.tokens import Authenticator, Identity
 from gateway.errors import LimitExceeded, TokenExpired, Unauthenticated
 from gateway.modules.base import Module, exposed
+from gateway.server import telemetry
 from gateway.server.closecodes import CloseCode
 from gateway.server.connection import Connection, current_connection
 
@@ -27,13 +28,16 @@ class AuthModule(Module):
     def _check(self, conn: Connection, token: str) -> Identity:
         try:
             return self._authenticator.login(token, conn.remote_host)
-        except LoginThrottled:
+        except LoginThrottled as exc:
+            telemetry.auth_failed("login", exc)
             conn.close_soon(CloseCode.LOGIN_THROTTLED, "too many failed logins")
             raise
-        except TokenExpired:
+        except TokenExpired as exc:
+            telemetry.auth_failed("login", exc)
             conn.close_soon(CloseCode.TOKEN_EXPIRED, "token expired")
             raise
-        except Unauthenticated:
+        except Unauthenticated as exc:
+            telemetry.auth_failed("login", exc)
             conn.close_soon(CloseCode.INVALID_TOKEN, "invalid token")
             raise
 
@@ -49,6 +53,7 @@ class AuthModule(Module):
         except LimitExceeded:
             conn.close_soon(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
             raise
+        telemetry.logged_in(identity.user.id)
         return _describe(identity)
 
     @exposed("refresh")

@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from gateway import metrics
 from gateway.auth.tokens import Identity
 from gateway.context import User, user_var
 from gateway.errors import Forbidden, LimitExceeded, TokenExpired, Unauthenticated
@@ -66,11 +67,13 @@ class Connection:
             limits=gateway.session_limits,
             on_abuse=self._on_abuse,
             streams=gateway.streams,
+            observer=gateway.call_metrics,
         )
         self._close_request: tuple[CloseCode, str] | None = None
         self.send_started: float | None = None
         """Loop time when the frame being written started; None while the writer is idle."""
         self._closing: asyncio.Task[None] | None = None
+        self.opened_at = 0.0
 
     # Authentication
 
@@ -102,6 +105,7 @@ class Connection:
                 {"limit": "connectionsPerUser", "max": most},
             )
         self.identity = identity
+        metrics.USERS.set(len(self.gateway.user_connections))
 
     def _authorize(self, spec: MethodSpec) -> contextvars.Context:
         identity = self.identity
@@ -142,6 +146,7 @@ class Connection:
                 # The deadline is checked by the gateway's watchdog, not a timer per frame.
                 self.send_started = loop.time()
                 await self.ws.send(frame, text=True)
+                metrics.sent(len(frame))
                 self.send_started = None
                 # Don't keep the last frame alive while waiting for the next one.
                 del frame
@@ -156,6 +161,7 @@ class Connection:
         if ws.transport.get_write_buffer_size() >= WRITE_HIGH_WATER:
             return False
         broadcast((ws,), frame, text=True)
+        metrics.sent(len(frame))
         return True
 
     def check_send_deadline(self, now: float, send_timeout: float) -> None:
@@ -168,6 +174,7 @@ class Connection:
         if started is None or now - started <= send_timeout or self._close_request is not None:
             return
         log.info("closing slow consumer %s", self.ws.id)
+        metrics.SLOW_CONSUMER_CLOSES.inc()
         self._close_request = (CloseCode.SLOW_CONSUMER, "slow consumer")
         self.outbound.close()
         self._closing = asyncio.get_running_loop().create_task(

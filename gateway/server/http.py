@@ -1,4 +1,4 @@
-"""Plain HTTP on the WebSocket port: health, readiness, the web UI, and handshake checks.
+"""Plain HTTP on the WebSocket port: health, readiness, metrics, the web UI, and handshake checks.
 
 ``process_request`` runs before every handshake. It answers ordinary HTTP
 requests itself, refuses browser handshakes from foreign origins (403) and
@@ -25,15 +25,18 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
+from gateway import metrics
 from gateway.auth.throttle import LoginThrottled
 from gateway.errors import GatewayError, Unauthenticated
+from gateway.server import telemetry
 
 if TYPE_CHECKING:
     from gateway.server.app import Gateway
 
-__all__ = ["WS_PATH", "HttpRoutes"]
+__all__ = ["METRICS_PATH", "WS_PATH", "HttpRoutes", "metrics_only"]
 
 WS_PATH = "/ws"
+METRICS_PATH = "/metrics"
 
 _SECURITY_HEADERS = {
     # No inline script can run in the UI, whatever a model writes.
@@ -90,6 +93,17 @@ def _host_matches(key: tuple[str, str, int], host: str) -> bool:
     return origin_host == name and origin_port == (port or _DEFAULT_PORTS[scheme])
 
 
+def _metrics() -> Response:
+    return _response(HTTPStatus.OK, metrics.exposition(), metrics.CONTENT_TYPE)
+
+
+def metrics_only(connection: ServerConnection, request: Request) -> Response:
+    """``process_request`` of the separate metrics port: /metrics, nothing else."""
+    if urlsplit(request.path).path == METRICS_PATH:
+        return _metrics()
+    return _json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+
 class HttpRoutes:
     def __init__(self, gateway: Gateway, web_root: Path) -> None:
         self._gateway = gateway
@@ -124,6 +138,8 @@ class HttpRoutes:
         if path == "/readyz":
             ready, body = self._gateway.readiness()
             return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
+        if path == METRICS_PATH and self._gateway.config.server.metrics_port is None:
+            return _metrics()
         return self._static(path)
 
     def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -133,6 +149,7 @@ class HttpRoutes:
         if len(origins) > 1 or (
             origins and not self._origin_allowed(origins[0], request.headers.get("Host"))
         ):
+            telemetry.rejected("origin")
             return _json(HTTPStatus.FORBIDDEN, {"error": "origin not allowed"})
         if self._gateway.connection_count >= self._gateway.config.server.max_connections:
             return None  # accepted, then closed with 1013 by the handler
@@ -151,12 +168,16 @@ class HttpRoutes:
             source = str(address[0]) if address else None
             identity = self._gateway.authenticator.login(token.strip(), source)
         except LoginThrottled as exc:
+            telemetry.rejected("throttled")
+            telemetry.auth_failed("handshake", exc)
             return _json(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 {"error": exc.to_error()},
                 {"Retry-After": str(exc.retry_after)},
             )
         except GatewayError as exc:
+            telemetry.rejected("unauthenticated")
+            telemetry.auth_failed("handshake", exc)
             return _json(HTTPStatus.UNAUTHORIZED, {"error": exc.to_error()})
         self._gateway.pending_identities[connection] = identity
         return None

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway import metrics
 from gateway.errors import StoreUnavailable
 
 __all__ = ["RedisLink", "Script", "redacted_url"]
@@ -136,6 +137,7 @@ class RedisLink:
             raise StoreUnavailable(
                 f"cannot reach Redis at {redacted_url(self.url)}: {_reason(exc)}"
             ) from None
+        metrics.redis_up(True)
 
     async def aclose(self) -> None:
         if self._probe is not None:
@@ -233,9 +235,11 @@ class RedisLink:
             script.sha = await self.client.script_load(script.source)
 
     def _lost(self, exc: BaseException) -> None:
+        metrics.redis_error()
         if not self.healthy:
             return
         self.healthy = False
+        metrics.redis_up(False)
         self._down_since = self._reminded = time.monotonic()
         log.error(
             "Redis at %s unreachable (%s); calls needing shared state get -32020 until it returns",
@@ -262,6 +266,7 @@ class RedisLink:
                 continue
             break
         self.healthy = True
+        metrics.redis_up(True)
         log.warning("Redis reachable again after %.1f s", time.monotonic() - self._down_since)
         for callback in self.on_recover:
             try:
