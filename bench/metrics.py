@@ -45,9 +45,7 @@ from run import (  # noqa: E402
     FAST,
     Server,
     _window,
-    all_ready,
-    finish,
-    mark,
+    measure_window,
     start_loads,
     warm_up,
 )
@@ -103,14 +101,7 @@ async def measure(
         2, server.port, scenario, clients, workdir, model=FAST, concurrency=32
     )
     try:
-        ready = await all_ready(procs, 120)
-        for p in procs:
-            p.send("GO")
-        await asyncio.sleep(plan.warmup)
-        m1 = await mark(procs, server)
-        await asyncio.sleep(plan.seconds)
-        m2 = await mark(procs, server)
-        results = await finish(procs, 60)
+        ready, m1, m2, results = await measure_window(procs, server, plan.warmup, plan.seconds)
     finally:
         for p in procs:
             await p.stop()

@@ -57,14 +57,7 @@ async def one_round(
         procs = await runlib.start_loads(
             2, server.port, "flood", conns, workdir, model=runlib.FAST, concurrency=32
         )
-        ready = await runlib.all_ready(procs, 120)
-        for p in procs:
-            p.send("GO")
-        await asyncio.sleep(warmup)
-        m1 = await runlib.mark(procs, server)
-        await asyncio.sleep(seconds)
-        m2 = await runlib.mark(procs, server)
-        results = await runlib.finish(procs, 60)
+        ready, m1, m2, results = await runlib.measure_window(procs, server, warmup, seconds)
         dt = m2["t"] - m1["t"]
         frames = m2["frames"] - m1["frames"]
         words = m2["words"] - m1["words"]

@@ -327,6 +327,22 @@ async def finish(procs: list[LoadProc], timeout: float) -> list[dict[str, Any]]:
     return results
 
 
+async def measure_window(
+    procs: list[LoadProc], server: Server, warmup: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Wait for every load process, start them, and mark a window after ``warmup``.
+
+    Returns (ready, first mark, second mark, the load processes' results)."""
+    ready = await all_ready(procs, 120)
+    for p in procs:
+        p.send("GO")
+    await asyncio.sleep(warmup)
+    m1 = await mark(procs, server)
+    await asyncio.sleep(seconds)
+    m2 = await mark(procs, server)
+    return ready, m1, m2, await finish(procs, 60)
+
+
 def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
     errors: dict[str, int] = {}
     for r in results:
@@ -471,14 +487,9 @@ async def test_a(
                 model=FAST,
                 concurrency=plan.connect_concurrency,
             )
-            ready = await all_ready(procs, 120)
-            for p in procs:
-                p.send("GO")
-            await asyncio.sleep(plan.a_warmup)
-            m1 = await mark(procs, server)
-            await asyncio.sleep(plan.a_seconds)
-            m2 = await mark(procs, server)
-            results = await finish(procs, 60)
+            ready, m1, m2, results = await measure_window(
+                procs, server, plan.a_warmup, plan.a_seconds
+            )
             w = _window(m1, m2)
             frames = m2["frames"] - m1["frames"]
             words = m2["words"] - m1["words"]
@@ -527,14 +538,9 @@ async def test_c(
                         model=FAST,
                         concurrency=plan.connect_concurrency,
                     )
-                    ready = await all_ready(procs, 120)
-                    for p in procs:
-                        p.send("GO")
-                    await asyncio.sleep(plan.c_warmup)
-                    m1 = await mark(procs, server)
-                    await asyncio.sleep(plan.c_seconds)
-                    m2 = await mark(procs, server)
-                    results = await finish(procs, 60)
+                    ready, m1, m2, results = await measure_window(
+                        procs, server, plan.c_warmup, plan.c_seconds
+                    )
                 finally:
                     for p in procs:
                         await p.stop()
