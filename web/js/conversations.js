@@ -191,6 +191,7 @@ function startRename(li, c) {
     }
     try {
       const updated = await conn.rpc("conversation.rename", { conversationId: c.id, title });
+      loading++; // a list answer already on its way was read before the rename: drop it
       upsert(updated?.id ? updated : { ...c, title });
       announce(`Renamed to ${title}.`);
       hooks.changed(find(c.id));
@@ -231,6 +232,7 @@ async function remove(c) {
       return;
     }
   }
+  loading++; // a list answer already on its way was read before the delete: drop it
   items = items.filter((x) => x.id !== c.id);
   render();
   announce("Conversation deleted.");
