@@ -22,6 +22,9 @@ let items = [];
 let nextCursor = null;
 let currentId = null;
 let loading = 0; // generation of the newest list request; older answers are dropped
+let menuOpenFor = null; // id whose actions row is open: a re-render keeps it open
+let renaming = false; // a title is being edited: re-rendering waits until it is done
+let renderPending = false;
 const hooks = { open: () => {}, deleted: () => {}, changed: () => {} };
 
 /** `open(id)` when one is chosen, `deleted(id)` after one was deleted, `changed(conv)` after
@@ -93,7 +96,22 @@ export function clear() {
 const titleOf = (c) => c.title || "New conversation";
 
 function render() {
+  if (renaming) {
+    renderPending = true;
+    return;
+  }
+  const focused = els.list.contains(document.activeElement) ? document.activeElement : null;
+  const refocus = focused?.dataset.testid || (focused?.classList.contains("conversation-menu") && "menu");
   els.list.replaceChildren(...items.map(item));
+  const open = menuOpenFor && find(menuOpenFor);
+  if (open) {
+    const li = els.list.querySelector(`[data-id="${CSS.escape(open.id)}"]`);
+    showActions(li, open, li.querySelector(".conversation-menu"));
+    const target = refocus === "menu" ? li.querySelector(".conversation-menu") : li.querySelector(`[data-testid="${refocus}"]`);
+    if (refocus) target?.focus();
+  } else {
+    menuOpenFor = null;
+  }
   const searching = !!els.search.value.trim();
   els.empty.textContent = searching ? "No conversation matches." : "No conversations yet.";
   els.empty.hidden = items.length > 0;
@@ -147,11 +165,22 @@ function action(label, testid, run) {
   return b;
 }
 
-function toggleActions(li, c, menu) {
-  const existing = li.querySelector(".conversation-actions");
+function closeActions() {
+  menuOpenFor = null;
   for (const other of els.list.querySelectorAll(".conversation-actions")) other.remove();
   for (const m of els.list.querySelectorAll(".conversation-menu")) m.setAttribute("aria-expanded", "false");
+}
+
+function toggleActions(li, c, menu) {
+  const existing = li.querySelector(".conversation-actions");
+  closeActions();
   if (existing) return;
+  showActions(li, c, menu);
+  li.querySelector(".conversation-actions").firstElementChild.focus();
+}
+
+function showActions(li, c, menu) {
+  menuOpenFor = c.id;
   const row = document.createElement("div");
   row.className = "conversation-actions";
   row.append(
@@ -161,11 +190,11 @@ function toggleActions(li, c, menu) {
   );
   li.append(row);
   menu.setAttribute("aria-expanded", "true");
-  row.firstElementChild.focus();
 }
 
 function startRename(li, c) {
-  li.querySelector(".conversation-actions")?.remove();
+  closeActions();
+  renaming = true;
   const open = li.querySelector(".conversation-open");
   const input = document.createElement("input");
   input.type = "text";
@@ -185,8 +214,13 @@ function startRename(li, c) {
     const title = input.value.trim();
     input.remove();
     open.hidden = false;
+    renaming = false;
+    if (renderPending) {
+      renderPending = false;
+      render();
+    }
     if (!save || !title || title === c.title) {
-      open.focus();
+      els.list.querySelector(`[data-id="${CSS.escape(c.id)}"] .conversation-open`)?.focus();
       return;
     }
     try {
