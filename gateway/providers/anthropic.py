@@ -2,11 +2,11 @@
 
 One ``anthropic.AsyncAnthropic`` client per model on the SDK's aiohttp
 transport with the limits of :mod:`gateway.providers` (``max_retries=0``: the
-router fails over instead). The SDK builds and sends each request (base
-URL, ``x-api-key`` and ``anthropic-version`` headers, timeouts) and turns
-error statuses into its exception classes, through its raw-request API
-(``client.post(..., cast_to=httpx2.Response, stream=True)``); the gateway
-reads the event stream itself with orjson, as the OpenAI provider does. The
+router fails over instead). The SDK client says what a request looks like
+(base URL, auth and ``anthropic-version`` headers), read once
+(:mod:`gateway.providers.request`); each request goes out through the SDK's
+HTTP client, and the gateway reads the event stream itself with orjson, as
+the OpenAI provider does. The
 base URL is always passed, so ``ANTHROPIC_BASE_URL`` in the gateway's
 environment cannot redirect a model.
 
@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
-import httpx2
 import orjson
 
 from gateway.errors import (
@@ -63,6 +62,7 @@ from gateway.providers.errors import (
     map_exceptions,
     stream_error,
 )
+from gateway.providers.request import StreamingPost
 from gateway.providers.sse import EventSplitter
 
 __all__ = ["ANTHROPIC_BASE_URL", "OPENING_PLACEHOLDER", "AnthropicProvider", "to_messages"]
@@ -110,14 +110,17 @@ class AnthropicProvider:
 
     def __init__(self, config: ModelConfig, api_key: str) -> None:
         self.config = config
-        self._guard = map_exceptions(_ERRORS, Upstream(config.provider, config.name, (api_key,)))
+        upstream = Upstream(config.provider, config.name, (api_key,))
+        self._guard = map_exceptions(_ERRORS, upstream)
+        http = http_client(config, anthropic.DefaultAioHttpClient)
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=config.base_url or ANTHROPIC_BASE_URL,
             max_retries=0,
             timeout=timeout(config),
-            http_client=http_client(config, anthropic.DefaultAioHttpClient),
+            http_client=http,
         )
+        self._post = StreamingPost(self._client, http, PATH, upstream, config.read_timeout)
         self._slots = Slots(config)
         self._extra = extra_params(config)
 
@@ -146,12 +149,7 @@ class AnthropicProvider:
         await self._slots.acquire()
         try:
             with guard:
-                response = await self._client.post(
-                    PATH,
-                    cast_to=httpx2.Response,
-                    content=content,  # the SDK's default headers say it is JSON
-                    stream=True,
-                )
+                response = await self._post.send(content)
             try:
                 tally = _Tally(guard.upstream)
                 body = response.aiter_bytes()

@@ -15,10 +15,10 @@ timeouts as httpx2 timeouts (a refused connection becomes ``ConnectTimeout``);
 the chain of causes tells them apart, so a refused connection stays
 UpstreamUnavailable.
 
-:func:`from_status`: 401/403 auth, 429 rate limited (``retry-after``), 408/504
-timeout, other 5xx unavailable, other 4xx a plain non-retryable
-:class:`UpstreamError`. An error event inside a 200 stream is classified by its
-``error.type``.
+:func:`status_error` (and :func:`from_status`, for an SDK status error): 401/403
+auth, 429 rate limited (``retry-after``), 408/504 timeout, other 5xx
+unavailable, other 4xx a plain non-retryable :class:`UpstreamError`. An error
+event inside a 200 stream is classified by its ``error.type``.
 
 Messages name the model and provider and say what helps; provider text is
 quoted only for 4xx refusals (where it is the useful part), scrubbed of the
@@ -65,6 +65,7 @@ __all__ = [
     "make",
     "map_exceptions",
     "parse_retry_after",
+    "status_error",
     "stream_error",
 ]
 
@@ -214,18 +215,25 @@ def from_status(exc: BaseException, upstream: Upstream) -> UpstreamError:
     if status < 400:
         # An ``event: error`` inside a stream that began with 200.
         return from_error_type(exc, upstream)
+    response = getattr(exc, "response", None)
+    headers = response.headers if response is not None else {}
+    return status_error(status, headers, getattr(exc, "body", None), upstream)
+
+
+def status_error(
+    status: int, headers: Mapping[str, str], body: object, upstream: Upstream
+) -> UpstreamError:
+    """The error for a response of ``status`` (not 2xx) with ``headers`` and decoded ``body``."""
     if status in (401, 403):
         return make(UpstreamAuthError, upstream, status=status)
     if status == 429:
-        response = getattr(exc, "response", None)
-        headers = response.headers if response is not None else {}
         retry_after = parse_retry_after(headers)
         return make(UpstreamRateLimited, upstream, status=status, retry_after=retry_after)
     if status in (408, 504):
         return make(UpstreamTimeout, upstream, status=status)
     if status >= 500:
         return make(UpstreamUnavailable, upstream, status=status, what="{Label} is unavailable")
-    error = _error_object(getattr(exc, "body", None))
+    error = _error_object(body)
     return make(UpstreamError, upstream, status=status, detail=str(error.get("message") or ""))
 
 

@@ -2,13 +2,13 @@
 
 One ``openai.AsyncOpenAI`` client per model, shared by its requests, on the
 SDK's aiohttp transport with the limits of :mod:`gateway.providers`
-(``max_retries=0``: the router fails over instead). The SDK builds and sends
-each request (base URL, auth and version headers, timeouts) and turns error
-statuses into its exception classes, through its raw-request API
-(``client.post(..., cast_to=httpx2.Response, stream=True)``); the gateway
-reads the response's event stream itself, decoding each ``data:`` event
-with orjson into the few fields it needs. No typed object per chunk: that
-was over half the CPU of a streamed chunk.
+(``max_retries=0``: the router fails over instead). The SDK client says what
+a request looks like (base URL, auth and identification headers), read once
+(:mod:`gateway.providers.request`); each request goes out through the SDK's
+HTTP client with the orjson body. The gateway reads the response's event
+stream itself, decoding each ``data:`` event with orjson into the few fields
+it needs. No typed object per chunk: that was over half the CPU of a
+streamed chunk.
 
 The request streams with ``stream_options={"include_usage": True}``; the
 usage chunk (empty ``choices``) arrives after the finish reason, so the
@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import openai
 import orjson
 
@@ -58,6 +57,7 @@ from gateway.providers.errors import (
     map_exceptions,
     stream_error,
 )
+from gateway.providers.request import StreamingPost
 from gateway.providers.sse import EventSplitter
 
 __all__ = ["OPENAI_BASE_URL", "OpenAIProvider"]
@@ -88,15 +88,18 @@ class OpenAIProvider:
 
     def __init__(self, config: ModelConfig, api_key: str) -> None:
         self.config = config
-        self._guard = map_exceptions(_ERRORS, Upstream(config.provider, config.name, (api_key,)))
+        upstream = Upstream(config.provider, config.name, (api_key,))
+        self._guard = map_exceptions(_ERRORS, upstream)
+        http = http_client(config, openai.DefaultAioHttpClient)
         self._client = openai.AsyncOpenAI(
             # Compatible servers often need no key, but the SDK insists on one.
             api_key=api_key or "no-key",
             base_url=config.base_url or OPENAI_BASE_URL,
             max_retries=0,
             timeout=timeout(config),
-            http_client=http_client(config, openai.DefaultAioHttpClient),
+            http_client=http,
         )
+        self._post = StreamingPost(self._client, http, PATH, upstream, config.read_timeout)
         self._slots = Slots(config)
         self._limit_field = "max_tokens" if config.base_url else "max_completion_tokens"
         # What every request of this model sends besides its messages and sampling.
@@ -125,12 +128,7 @@ class OpenAIProvider:
         await self._slots.acquire()
         try:
             with guard:
-                response = await self._client.post(
-                    PATH,
-                    cast_to=httpx2.Response,
-                    content=content,  # the SDK's default headers say it is JSON
-                    stream=True,
-                )
+                response = await self._post.send(content)
             try:
                 reader = _Reader(guard.upstream)
                 body = response.aiter_bytes()

@@ -1,0 +1,72 @@
+"""The providers' requests are the ones the SDKs would send: same URL, headers and body.
+
+Each provider prepares its request once from its SDK client (base URL,
+default and auth headers) and sends it through the SDK's HTTP client. These
+tests send one request through the SDK's own ``client.post`` and one through
+the provider, to the same local fake, and compare what the fake received.
+"""
+
+from __future__ import annotations
+
+import httpx2
+import orjson
+import pytest
+
+from gateway.errors import UpstreamError
+from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.base import ChatRequest, Message
+from gateway.providers.openai import OpenAIProvider
+from tests.fakes import AnthropicFake, FakeServer, OpenAIFake, Reply, collect, shut
+
+REQUEST = ChatRequest(messages=(Message("system", "Be brief."), Message("user", "Hi there.")))
+
+# The body's length; and the per-call timeout the Anthropic SDK reports even when a call
+# names none (its value is then the literal ``NOT_GIVEN``): the gateway leaves it out.
+VARYING = {"content-length", "x-stainless-timeout"}
+
+
+@pytest.mark.parametrize("fake_cls", [OpenAIFake, AnthropicFake])
+async def test_the_request_is_the_one_the_sdk_sends(fake_cls: type[FakeServer]) -> None:
+    async with fake_cls() as fake:
+        config = fake.model_config(read_timeout=7.5)
+        cls = OpenAIProvider if fake_cls is OpenAIFake else AnthropicProvider
+        provider = cls(config, fake.api_key)
+        body = provider.body(REQUEST)
+        # The SDK's own raw-request API, on the very client the provider holds.
+        path = "/chat/completions" if fake_cls is OpenAIFake else "/v1/messages"
+        response = await provider._client.post(
+            path, cast_to=httpx2.Response, content=orjson.dumps(body), stream=True
+        )
+        await response.aread()
+        await response.aclose()
+        await collect(provider.stream(REQUEST))
+        await shut(provider)
+    by_sdk, ours = fake.requests
+    assert (ours.method, ours.path) == (by_sdk.method, by_sdk.path)
+    assert ours.json == by_sdk.json == body
+    expected = {k: v for k, v in by_sdk.headers.items() if k not in VARYING}
+    assert {k: v for k, v in ours.headers.items() if k not in VARYING} == expected
+    # The SDK's identification and the key are among them.
+    assert "x-stainless-package-version" in expected
+    assert fake.api_key in " ".join(expected.values())
+    assert expected["x-stainless-read-timeout"] == "7.5"
+
+
+@pytest.mark.parametrize("fake_cls", [OpenAIFake, AnthropicFake])
+async def test_an_error_status_quotes_the_providers_message_and_frees_the_connection(
+    fake_cls: type[FakeServer],
+) -> None:
+    """A 4xx body's message reaches the error; the next request reuses the connection."""
+    async with fake_cls() as fake:
+        fake.script(Reply(status=400, message="messages: too many turns"), Reply())
+        cls = OpenAIProvider if fake_cls is OpenAIFake else AnthropicProvider
+        provider = cls(fake.model_config(), fake.api_key)
+        with pytest.raises(UpstreamError) as info:
+            await collect(provider.stream(REQUEST))
+        chunks = await collect(provider.stream(REQUEST))
+        await shut(provider)
+    assert type(info.value) is UpstreamError
+    assert "messages: too many turns" in info.value.message
+    assert info.value.data is not None and info.value.data["status"] == 400
+    assert chunks[-1].finish_reason == "stop"
+    assert [r.connection for r in fake.requests] == [1, 1]
