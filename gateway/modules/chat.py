@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Protocol
 
 from gateway import metrics
@@ -80,14 +81,16 @@ class ChatModule(LLMModule):
     @exposed("postChat")
     async def post_chat(self, message: str) -> AsyncIterator[str | Final]:
         """Stream an answer to one message."""
-        async for piece in self._chat(self._message(message), []):
-            yield piece
+        async with aclosing(self._chat(self._message(message), [])) as pieces:
+            async for piece in pieces:
+                yield piece
 
     @exposed("chatWithHistory")
     async def chat_with_history(self, message: str, history: list) -> AsyncIterator[str | Final]:
         """Stream an answer to a message that follows ``history`` ([{role, content}])."""
-        async for piece in self._chat(self._message(message), self._history(history)):
-            yield piece
+        async with aclosing(self._chat(self._message(message), self._history(history))) as pieces:
+            async for piece in pieces:
+                yield piece
 
     @exposed("chatWithReasoning")
     async def chat_with_reasoning(
@@ -96,8 +99,9 @@ class ChatModule(LLMModule):
         """Like chatWithHistory (``history`` optional), and the model's reasoning streams too,
         as ``stream.delta`` frames carrying ``reasoning`` instead of ``text``."""
         turns = self._history(history or [])
-        async for piece in self._chat(self._message(message), turns, reasoning=True):
-            yield piece
+        async with aclosing(self._chat(self._message(message), turns, reasoning=True)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     @exposed("postChatWithHistoryAndUser")
     async def post_chat_with_history_and_user(
@@ -110,8 +114,9 @@ class ChatModule(LLMModule):
             f"(user id {user.id!r})."
         )
         turns = self._history(history)
-        async for piece in self._chat(self._message(message), turns, system=system):
-            yield piece
+        async with aclosing(self._chat(self._message(message), turns, system=system)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     @exposed("postChatWithParams")
     async def post_chat_with_params(self, message: str, params: dict) -> AsyncIterator[str | Final]:
@@ -139,14 +144,16 @@ class ChatModule(LLMModule):
             if not isinstance(system, str):
                 raise InvalidParams("systemPrompt must be a string")
             self._check_length(system, "systemPrompt")
-        async for piece in self._chat(
+        answer = self._chat(
             self._message(message),
             [],
             system=system or DEFAULT_SYSTEM_PROMPT,
             temperature=float(temperature) if temperature is not None else None,
             max_tokens=max_tokens,
-        ):
-            yield piece
+        )
+        async with aclosing(answer) as pieces:
+            async for piece in pieces:
+                yield piece
 
     @exposed("chatNonStreaming")
     async def chat_non_streaming(self, message: str, history: list | None = None) -> dict:
