@@ -61,6 +61,9 @@ from gateway.streams.module import StreamModule
 
 __all__ = ["Gateway", "SharedState", "shared_state"]
 
+GC_THRESHOLDS = (10_000, 2, 1_000)
+"""The collector's thresholds once serving (gen0 allocations, gen1 and gen2 counts)."""
+
 log = logging.getLogger(__name__)
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
@@ -458,6 +461,11 @@ class Gateway:
             # objects) lives until exit: keep the collector from rescanning it. Measured in
             # bench/README.md: 0.4 ms of GC per short answer before, 0.06 ms after.
             gc.freeze()
+            # Under load (1,000 paced answers) the default thresholds (700, 10, 10) spent
+            # about a quarter of the CPU in the collector, in full collections of 120-180 ms
+            # that stall every stream, while finding almost no cyclic garbage. Fewer young
+            # collections, small middle ones, full ones rarely (bench/README.md, providers).
+            gc.set_threshold(*GC_THRESHOLDS)
             print(f"Gateway listening on {self.ws_url} (node {node_id()})", flush=True)
             if self._metrics_server is not None:
                 print(f"Metrics on {self.metrics_url}", flush=True)
