@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -276,7 +276,7 @@ class ChatModule(LLMModule):
         max_tokens: int | None = None,
         reasoning: bool = False,
         model: str | None = None,
-    ) -> AsyncIterator[str | Final]:
+    ) -> AsyncGenerator[str | Final, None]:
         """The answer's text pieces (and with ``reasoning``, its reasoning as
         :class:`Reasoning` pieces; without, reasoning is only counted), then its Final.
         ``model`` overrides the user's choice (a stored conversation's)."""

@@ -225,7 +225,7 @@ class Answerer:
         ids. A cancel thrown in at a yield is passed on to the chat stream, which reports
         what it produced (``async for`` alone would leave it parked)."""
         params = record.params
-        inner: AsyncGenerator[str | Final, None] = self.chat._chat(  # type: ignore[assignment]
+        inner: AsyncGenerator[str | Final, None] = self.chat._chat(
             Message("user", question),
             history,
             system=record.system_prompt or DEFAULT_SYSTEM_PROMPT,
