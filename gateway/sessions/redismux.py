@@ -11,9 +11,11 @@ parse.
 The same connection carries **client-side caching** invalidations
 (``CLIENT TRACKING ON BCAST PREFIX <p> NOLOOP``): Redis pushes the name of
 every key under a tracked prefix that any other connection changed (or that
-expired, was evicted or flushed; ``None`` means "everything"). Writes made
-on this connection are not echoed (``NOLOOP``): their replies carry the new
-state instead. Because replies and pushes share one ordered stream, a reply
+expired, was evicted or flushed; ``None`` means "everything"). ``NOLOOP``
+keeps plain writes made on this connection from coming back. Redis 7.0 still
+pushes writes made inside Lua scripts back to the connection that made them,
+so the writer's own entry is evicted just after its reply. That is correct,
+at the price of one later read. Because replies and pushes share one ordered stream, a reply
 applied by its ``on_reply`` callback (run by the reader, before the next
 message is read) can never overwrite a later invalidation.
 
