@@ -869,7 +869,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         metavar="N",
-        help="run (a) and (c) N times, raw and gateway alternating, and report the median run",
+        help="run (a) and (c) N times, raw and gateway alternating, and report the median run "
+        "(s: N rounds of its three set-ups, medians)",
     )
     parser.add_argument(
         "--wait-quiet",
@@ -943,7 +944,7 @@ async def main(args: argparse.Namespace) -> int:
 
                 log("(s) memory vs Redis store vs --workers 2; idle memory over 2 workers")
                 scale_plan = scale.SCALE_QUICK if args.quick else scale.SCALE_FULL
-                res["s"] = await scale.test_s(scale_plan, workdir, users, log)
+                res["s"] = await scale.test_s(scale_plan, workdir, users, log, args.repeat)
         finally:
             _kill_all()
             errs = workdir / "load.err"

@@ -224,33 +224,41 @@ async def _idle_memory(server: runlib.Server, n: int, workdir: Path) -> dict[str
     }
 
 
-async def test_s(plan: ScalePlan, workdir: Path, users: int, log: Any) -> dict[str, Any]:
+async def test_s(
+    plan: ScalePlan, workdir: Path, users: int, log: Any, repeat: int = 1
+) -> dict[str, Any]:
+    """``repeat`` rounds of the three set-ups in turn; throughput and CPU are medians."""
     out: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     users = max(users, plan.idle_conns + 1)
-    for setup in SETUPS:
-        redis = RedisProc(workdir) if setup != "memory" else None
-        server = GatewaySetup(setup, users, workdir, redis)
-        try:
-            await server.start()
-            await runlib.warm_up(server, users - 1)
-            for scenario, count in (("flood", plan.flood_conns), ("rpc", plan.rpc_clients)):
-                r = out[f"{setup}/{scenario}"] = await _measure(
-                    server, scenario, count, plan, workdir, redis
-                )
-                unit = "frames" if scenario == "flood" else "calls"
-                log(
-                    f"  (s) {setup:8s} {r['per_s']:8.0f} {unit}/s {r['cpu_us']:6.1f} us/{unit[:-1]}"
-                    f" (redis-server {r['redis_cpu_us']:.1f}) server {r['server_cores']:.2f} cores,"
-                    f" clients {r['client_cores']:.2f}, other {r['other_cores']:.2f}"
-                    + (f" errors {r['errors']}" if r["errors"] else "")
-                )
-            if setup == "redis-w2":
-                r = out["redis-w2/idle"] = await _idle_memory(server, plan.idle_conns, workdir)
-                log(f"  (s) {setup:8s} {r['connected']} idle: {r['kb_per_conn']:.1f} KiB/conn")
-        finally:
-            await server.stop()
-            if redis is not None:
-                redis.stop()
+    for round_ in range(repeat):
+        for setup in SETUPS:
+            redis = RedisProc(workdir) if setup != "memory" else None
+            server = GatewaySetup(setup, users, workdir, redis)
+            try:
+                await server.start()
+                await runlib.warm_up(server, users - 1)
+                for scenario, count in (("flood", plan.flood_conns), ("rpc", plan.rpc_clients)):
+                    r = await _measure(server, scenario, count, plan, workdir, redis)
+                    runs.setdefault(f"{setup}/{scenario}", []).append(r)
+                    unit = "frames" if scenario == "flood" else "calls"
+                    log(
+                        f"  (s) {setup:8s} {r['per_s']:8.0f} {unit}/s"
+                        f" {r['cpu_us']:6.1f} us/{unit[:-1]}"
+                        f" (redis-server {r['redis_cpu_us']:.1f}) server"
+                        f" {r['server_cores']:.2f} cores, clients {r['client_cores']:.2f},"
+                        f" other {r['other_cores']:.2f}"
+                        + (f" errors {r['errors']}" if r["errors"] else "")
+                    )
+                if setup == "redis-w2" and round_ == repeat - 1:
+                    r = out["redis-w2/idle"] = await _idle_memory(server, plan.idle_conns, workdir)
+                    log(f"  (s) {setup:8s} {r['connected']} idle: {r['kb_per_conn']:.1f} KiB/conn")
+            finally:
+                await server.stop()
+                if redis is not None:
+                    redis.stop()
+    for key, rows in runs.items():
+        out[key] = _medians(rows)
     raw = runlib.Server("raw", users, workdir)
     try:
         await raw.start()
@@ -259,6 +267,16 @@ async def test_s(plan: ScalePlan, workdir: Path, users: int, log: Any) -> dict[s
     finally:
         await raw.stop()
     return out
+
+
+def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by throughput, with the median CPU figures and every run's values."""
+    chosen = runlib.median_run(rows, "per_s")
+    for key in ("cpu_us", "redis_cpu_us", "other_cores"):
+        values = sorted(r[key] for r in rows)
+        chosen[key] = values[(len(values) - 1) // 2]
+        chosen[f"{key}_runs"] = [round(r[key], 2) for r in rows]
+    return chosen
 
 
 def report(res: dict[str, Any]) -> str:
@@ -274,9 +292,17 @@ def report(res: dict[str, Any]) -> str:
             )
         return lines
 
-    lines = ["(s) Redis store and --workers 2 (one run, same machine)"]
+    lines = ["(s) Redis store and --workers 2 (one run, same machine; medians of the rounds)"]
     lines += row("streamed frames", "flood", "frames")
     lines += row("round trips", "rpc", "calls")
+    for setup in SETUPS:
+        for key in ("flood", "rpc"):
+            r = res[f"{setup}/{key}"]
+            if len(r.get("runs", ())) > 1:
+                lines.append(
+                    f"  {setup}/{key}: per s {r['runs']}, CPU µs {r['cpu_us_runs']},"
+                    f" other cores {r['other_cores_runs']}"
+                )
     w2, raw = res["redis-w2/idle"], res["raw/idle"]
     ratio = w2["kb_per_conn"] / raw["kb_per_conn"] if raw["kb_per_conn"] else float("nan")
     lines.append(

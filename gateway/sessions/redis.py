@@ -2,7 +2,7 @@
 
 Keys (``<p>`` is ``[sessions] prefix``)::
 
-    <p>{u:<id>}:s        hash: m (model), c (created), l (lastActivity),
+    <p>s:{u:<id>}        hash: m (model), c (created), l (lastActivity),
                          pt, ct, r (usage counts), x (cost); TTL max_age + slack
     <p>{idx}:sessions    sorted set: user id -> lastActivity (newest last)
     <p>{idx}:who         hash: user id -> model (exact per-model counts on cleanup)
@@ -10,14 +10,33 @@ Keys (``<p>`` is ``[sessions] prefix``)::
     <p>{idx}:evicted     counter: sessions evicted at max_sessions
 
 A user's keys share the hash tag ``{u:<id>}`` and the index keys share
-``{idx}``, so each script touches one Cluster slot. A session read costs one
-round trip, one script on the user's hash. The session's ``lastActivity`` is
-written on every access and never stale; its copy in the index (the score)
-is refreshed by a process at most every ``INDEX_EVERY`` seconds per user (in
-the same pipeline), so the index order and ``activeSessions`` lag by at most
-that. A second round trip happens only when a session is new, changes model or
-was missing from the index. ``getSessionStats`` reads counters and counts a
-range of the index (``ZCOUNT``); nothing on a request path scans keys.
+``{idx}``, so each script touches one Cluster slot. The session hashes have
+a prefix of their own (``<p>s:``) so that Redis can track exactly them.
+
+**The session cache.** Each process keeps the sessions it read in memory,
+coherent through Redis client-side caching (``CLIENT TRACKING ... BCAST
+PREFIX <p>s:``, see :mod:`gateway.sessions.redismux`): any change of a
+session hash by another process, its expiry or a flush makes Redis push an
+invalidation, and the entry goes; this process's own writes return the new
+state. A session read that hits the cache costs no round trip. A model set
+through process A is seen by process B's next call: ``set_model`` returns
+only after Redis has written the invalidation to every other process (see
+:meth:`RedisMux.barrier`), and B reads its cache only with no unread bytes on
+its Redis connection, so on one host a client that got A's answer is served
+the new model by B; across hosts, after the network delay from Redis to B.
+When the connection is lost (or silent for 1.5 × ``redis_timeout``) the
+cache is flushed and unused until it is back.
+
+**lastActivity is coalesced.** A process writes a user's ``lastActivity``
+(and refreshes the TTL and the index score) at most once per
+``index_every`` (``INDEX_EVERY``, 30 s) per user; a call in between is
+answered from the cache, or read without writing. The session a call
+returns carries the call's own time, but the value in Redis (what other
+processes, ``getAllSessions`` and cleanup see) and the index order lag the
+user's last call by less than ``index_every``. A second round trip happens
+only when a session is new, changes model or was missing from the index.
+``getSessionStats`` reads counters and counts a range of the index
+(``ZCOUNT``); nothing on a request path scans keys.
 
 Idle sessions: every process's periodic cleanup drops index entries older
 than ``max_age_hours`` (and their hashes, unless they became active again);
@@ -27,6 +46,7 @@ expire even when no gateway runs cleanup.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gateway.sessions.redislink import RedisLink
@@ -36,7 +56,8 @@ __all__ = ["RedisSessionStore"]
 
 _FIELDS = ("m", "c", "l", "pt", "ct", "r", "x")
 
-# KEYS[1] user hash; ARGV model, now, ttl, set (1: set the model, 0: only on creation).
+# KEYS[1] user hash; ARGV model, now, ttl, set (1: set the model, 0: only on creation),
+# write (1: write lastActivity and the TTL; 0: only on creation).
 # Returns {created, old model or false, m, c, l, pt, ct, r, x}.
 _TOUCH = """
 local k = KEYS[1]
@@ -45,13 +66,15 @@ local created = 0
 if not old then
   redis.call('HSET', k, 'm', ARGV[1], 'c', ARGV[2], 'l', ARGV[2],
              'pt', 0, 'ct', 0, 'r', 0, 'x', 0)
+  redis.call('EXPIRE', k, ARGV[3])
   created = 1
 elseif ARGV[4] == '1' then
   redis.call('HSET', k, 'm', ARGV[1], 'l', ARGV[2])
-else
+  redis.call('EXPIRE', k, ARGV[3])
+elseif ARGV[5] == '1' then
   redis.call('HSET', k, 'l', ARGV[2])
+  redis.call('EXPIRE', k, ARGV[3])
 end
-redis.call('EXPIRE', k, ARGV[3])
 local v = redis.call('HMGET', k, 'm', 'c', 'l', 'pt', 'ct', 'r', 'x')
 return {created, old or false, v[1], v[2], v[3], v[4], v[5], v[6], v[7]}
 """
@@ -119,21 +142,21 @@ if l and tonumber(l) < tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return 
 return 0
 """
 
-# KEYS[1] user hash; ARGV prompt, completion, cost.
+# KEYS[1] user hash; ARGV prompt, completion, cost. Returns the session after, or false.
 _USAGE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HINCRBY', KEYS[1], 'pt', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'ct', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'r', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'x', ARGV[3])
-return 1
+return redis.call('HMGET', KEYS[1], 'm', 'c', 'l', 'pt', 'ct', 'r', 'x')
 """
 
 CLEANUP_BATCH = 1000
 INDEX_EVERY = 30.0
-"""Seconds a process lets a user's index score lag behind ``lastActivity`` at most."""
+"""Seconds a process lets a user's lastActivity and index score in Redis lag at most."""
 INDEXED_MAX = 100_000
-"""Users whose last index write this process remembers (forgotten all at once beyond)."""
+"""Users whose last write, and sessions, this process remembers (forgotten all at once beyond)."""
 
 
 def _text(value: Any) -> str:
@@ -182,40 +205,77 @@ class RedisSessionStore:
         self._usage = link.script(_USAGE)
         self._index_every = index_every
         self._indexed: dict[str, float] = {}
-        """user id -> when this process last wrote the user's index score."""
+        """user id -> when this process last wrote the user's lastActivity and index score."""
+        self._cache: dict[str, SessionData] = {}
+        """user id -> the session as last read or written by this process (see above)."""
+        self._spfx = f"{link.prefix}s:"
+        link.track(self._spfx, self._invalidated)
 
     def _key(self, user_id: str) -> str:
-        return self._link.user_key(user_id, "s")
+        return f"{self._spfx}{{u:{user_id}}}"
+
+    def _invalidated(self, keys: list[bytes] | None) -> None:
+        if keys is None:
+            self._cache.clear()
+            return
+        start = len(self._spfx) + 3  # "{u:"
+        cache = self._cache
+        for key in keys:
+            cache.pop(key[start:-1].decode(errors="replace"), None)
+
+    def _cached(self, user_id: str, session: SessionData, add: bool) -> None:
+        """Keep ``session`` (a reply, applied in order with invalidations) if wanted."""
+        if add or user_id in self._cache:
+            if len(self._cache) >= INDEXED_MAX:
+                self._cache.clear()
+            self._cache[user_id] = session
 
     async def _access(self, user_id: str, model: str, now: float, set_model: bool) -> SessionData:
-        key = self._key(user_id)
-        client = self._link.client
-        args = [model, repr(now), self._ttl, int(set_model)]
         indexed = self._indexed.get(user_id)
-        if indexed is not None and now - indexed < self._index_every and not set_model:
-            created, old, *values = await self._touch([key], args)
-            missing = 0
-            if created:  # Evicted or expired meanwhile: index it now.
-                missing = await self._seen([self._idx, self._who], [user_id, repr(now)])
-        else:
+        due = set_model or indexed is None or now - indexed >= self._index_every
+        if not due:
+            session = self._cache.get(user_id)
+            if session is not None and await self._link.fresh():
+                session.last_activity = now
+                return session
+        key = self._key(user_id)
+        args = [model, repr(now), self._ttl, int(set_model), int(due)]
+        got: list[SessionData] = []
 
-            async def both() -> list[Any]:
-                pipe = client.pipeline(transaction=False)
-                self._touch.queue(pipe, [key], args)
-                self._seen.queue(pipe, [self._idx, self._who], [user_id, repr(now)])
-                return list(await pipe.execute())
+        def keep(reply: list[Any]) -> None:
+            session = _session(user_id, reply[2:])
+            got.append(session)
+            # A touch caches what it read; set_model only refreshes an entry it finds,
+            # so users who never read (idle connections) cost no memory.
+            self._cached(user_id, session, not set_model)
 
-            (created, old, *values), missing = await self._link.run(both)
+        if due:
+            # Both go out in one write (the link pipelines calls of one loop tick).
+            (created, old, *_), missing = await asyncio.gather(
+                self._touch([key], args, keep),
+                self._seen([self._idx, self._who], [user_id, repr(now)]),
+            )
             if len(self._indexed) >= INDEXED_MAX:
                 self._indexed.clear()
             self._indexed[user_id] = now
-        session = _session(user_id, values)
+        else:
+            created, old, *_ = await self._touch([key], args, keep)
+            missing = 0
+            if created:  # Evicted or expired meanwhile: index it now.
+                missing = await self._seen([self._idx, self._who], [user_id, repr(now)])
+        session = got[0]
+        session.last_activity = now
         if created or missing or (set_model and old is not None and _text(old) != model):
             keys = [self._idx, self._who, self._models, self._evicted]
             args = [user_id, session.current_model, self._max, repr(now)]
             evicted = await self._index(keys, args)
             if evicted:
+                for user in evicted:
+                    self._cache.pop(_text(user), None)
+                client = self._link.client
                 await self._link.run(lambda: client.delete(*(self._key(_text(u)) for u in evicted)))
+        if set_model:
+            await self._link.barrier()
         return session
 
     async def touch(self, user_id: str, default_model: str, now: float) -> SessionData:
@@ -227,7 +287,12 @@ class RedisSessionStore:
     async def add_usage(
         self, user_id: str, prompt_tokens: int, completion_tokens: int, cost: float, now: float
     ) -> None:
-        await self._usage([self._key(user_id)], [prompt_tokens, completion_tokens, repr(cost)])
+        def keep(reply: list[Any] | None) -> None:
+            if reply:
+                self._cached(user_id, _session(user_id, reply), False)
+
+        key = self._key(user_id)
+        await self._usage([key], [prompt_tokens, completion_tokens, repr(cost)], keep)
 
     async def cleanup(self, older_than: float) -> int:
         removed = 0
@@ -238,7 +303,13 @@ class RedisSessionStore:
             for user in users:
                 removed += 1
                 user_id = _text(user)
-                if not await self._drop([self._key(user_id)], [repr(older_than)]):
+
+                # Dropped through this process's own connection: no invalidation comes back.
+                def forget(dropped: int, user_id: str = user_id) -> None:
+                    if dropped:
+                        self._cache.pop(user_id, None)
+
+                if not await self._drop([self._key(user_id)], [repr(older_than)], forget):
                     removed -= 1
                     await self._reindex(user_id)
             if len(users) < CLEANUP_BATCH:

@@ -1,14 +1,20 @@
 """One Redis client for a process's shared state, and how a Redis outage looks to callers.
 
-Every Redis call of the stores goes through :meth:`RedisLink.run`. While
-Redis answers, that is the call. When it stops answering (refused, reset, or
-silent past ``timeout``), the call raises :class:`StoreUnavailable` (-32020,
-``data.retryAfter``), one ERROR line is logged at the transition, a WARNING
-reminder at most every ``REMINDER_EVERY`` seconds while it lasts, and later
-calls fail at once instead of each waiting out a timeout, while a probe pings
-Redis every ``PROBE_EVERY`` seconds. The first answered ping ends the outage
-(one WARNING line) and runs the ``on_recover`` callbacks: leases re-assert
-their counts, so nothing needs a restart.
+Two ways to Redis: script calls (:meth:`RedisLink.eval`, the request path)
+go out on one multiplexed RESP3 connection, which also carries the
+client-side caching invalidations (:mod:`gateway.sessions.redismux`);
+pipelines and plain commands (cleanup, stats, lease renewals) use a pool
+through :meth:`RedisLink.run`. While Redis answers, that is the call. When
+it stops answering (refused, reset, or silent past ``timeout``), the call
+raises :class:`StoreUnavailable` (-32020, ``data.retryAfter``), one ERROR
+line is logged at the transition, a WARNING reminder at most every
+``REMINDER_EVERY`` seconds while it lasts, and later calls fail at once
+instead of each waiting out a timeout, while a probe pings Redis every
+``PROBE_EVERY`` seconds. The first answered ping ends the outage
+(one WARNING line), reopens the multiplexed connection (with tracking on
+again) and runs the ``on_recover`` callbacks: leases re-assert their counts,
+so nothing needs a restart. Every cache kept through :meth:`RedisLink.track`
+is flushed at the first sign of an outage and when the connection reopens.
 
 Lua scripts are loaded once (``SCRIPT LOAD``) and called by SHA; after a Redis
 restart emptied its script cache they are loaded again on the first
@@ -33,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
 from gateway.errors import StoreUnavailable
+from gateway.sessions.redismux import Invalidated, OnReply, RedisMux
 
 __all__ = ["RedisLink", "Script", "redacted_url"]
 
@@ -76,11 +83,10 @@ class Script:
         """Add a call of this script to ``pipe`` (a redis-py pipeline)."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self.link.eval(self, keys, args)
-
-
-_Call = tuple[Script, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
+    async def __call__(
+        self, keys: Sequence[str], args: Sequence[Any], on_reply: OnReply | None = None
+    ) -> Any:
+        return await self.link.eval(self, keys, args, on_reply)
 
 
 class RedisLink:
@@ -109,10 +115,12 @@ class RedisLink:
         self._down_since = 0.0
         self._reminded = 0.0
         self._probe: asyncio.Task[None] | None = None
-        self._busy = False
-        """A script call is on the wire; calls arriving meanwhile wait in ``_queued``."""
-        self._queued: list[_Call] = []
-        self._batches: set[asyncio.Task[None]] = set()
+        self._listeners: list[Invalidated] = []
+        self._reloading: asyncio.Task[None] | None = None
+        self.mux = RedisMux(
+            url, timeout=timeout, on_lost=self._lost, on_invalidate=self._invalidated
+        )
+        """The connection every script call goes out on (pipelines use ``client``)."""
 
     def key(self, tag: str, name: str) -> str:
         """``<prefix>{<tag>}:<name>``: every key of one tag lands in one Cluster slot."""
@@ -133,6 +141,7 @@ class RedisLink:
             async with asyncio.timeout(self.timeout * 3):
                 await self.client.ping()
                 await self._load_scripts()
+                await self.mux.connect()
         except Exception as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {redacted_url(self.url)}: {_reason(exc)}"
@@ -143,6 +152,7 @@ class RedisLink:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
+        await self.mux.close()
         await self.client.aclose(close_connection_pool=True)
 
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -162,79 +172,64 @@ class RedisLink:
             self._lost(exc)
             raise StoreUnavailable(data={"retryAfter": RETRY_AFTER}) from None
 
-    async def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run ``script``, pipelined with the calls of other tasks (automatic pipelining).
+    async def eval(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        on_reply: OnReply | None = None,
+    ) -> Any:
+        """Run ``script`` on the multiplexed connection (pipelined with other tasks' calls).
 
-        The first call goes out at once; calls made while it is on the wire wait
-        and then go out together as one pipeline, and so on. Under concurrency
-        this saves most of the client's per-command CPU; alone, a call costs
-        what a plain ``EVALSHA`` costs.
+        ``on_reply`` gets the reply in order with the connection's invalidations
+        (see :mod:`gateway.sessions.redismux`); it is not called for an error.
         """
-        if self._busy:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._queued.append((script, keys, args, future))
-            return await future
-        self._busy = True
-        client = self.client
+        if not self.healthy:
+            self._remind()
+            raise StoreUnavailable(data={"retryAfter": RETRY_AFTER})
+        call = ["EVALSHA", script.sha, len(keys), *keys, *args]
         try:
-            return await self.run(lambda: client.evalsha(script.sha, len(keys), *keys, *args))
-        finally:
-            self._next_batch()
+            return await self.mux.send(call, on_reply)
+        except NoScriptError:
+            await self._reload()
+            call[1] = script.sha
+            return await self.mux.send(call, on_reply)
 
-    def _next_batch(self) -> None:
-        batch, self._queued = self._queued, []
-        if not batch:
-            self._busy = False
-            return
-        task = asyncio.get_running_loop().create_task(self._send_batch(batch))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+    async def barrier(self) -> None:
+        """See :meth:`RedisMux.barrier`: others' invalidations for earlier writes are out."""
+        if self.mux.tracking:
+            await self.mux.barrier()
 
-    async def _send_batch(self, batch: list[_Call]) -> None:
+    async def fresh(self) -> bool:
+        """Whether a cache kept coherent by tracked invalidations may be read now."""
+        return self.healthy and await self.mux.fresh()
+
+    def track(self, prefix: str, on_invalidate: Invalidated) -> None:
+        """Have keys under ``prefix`` invalidated by Redis (call before :meth:`connect`)."""
+        self.mux.prefixes.append(prefix)
+        self._listeners.append(on_invalidate)
+
+    def _invalidated(self, keys: list[bytes] | None) -> None:
+        for listener in self._listeners:
+            listener(keys)
+
+    async def _reload(self) -> None:
+        """Load the scripts again (once for any number of concurrent ``NOSCRIPT``)."""
+        if self._reloading is None:
+            self._reloading = asyncio.get_running_loop().create_task(self._load_scripts())
+            self._reloading.add_done_callback(lambda _: setattr(self, "_reloading", None))
         try:
-            results = await self.run(lambda: self._pipeline(batch))
-        except BaseException as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable())
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for (*_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue  # The caller was cancelled; the script still ran.
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-        finally:
-            self._next_batch()
-
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            script.queue(pipe, keys, args)
-        results = list(await pipe.execute(raise_on_error=False))
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:
-            # Redis restarted empty: those scripts did not run; load and run just them.
-            await self._load_scripts()
-            again = self.client.pipeline(transaction=False)
-            for i in missing:
-                script, keys, args, _ = batch[i]
-                script.queue(again, keys, args)
-            for i, result in zip(missing, await again.execute(raise_on_error=False), strict=True):
-                results[i] = result
-        for result in results:
-            if isinstance(result, _FAULTS):
-                raise result  # The connection failed: the outage path, for the whole batch.
-        return results
+            await asyncio.shield(self._reloading)
+        except _FAULTS as exc:
+            self._lost(exc)
+            raise StoreUnavailable(data={"retryAfter": RETRY_AFTER}) from None
 
     async def _load_scripts(self) -> None:
         for script in self._scripts:
             script.sha = await self.client.script_load(script.source)
 
     def _lost(self, exc: BaseException) -> None:
+        self._invalidated(None)
         metrics.redis_error()
         if not self.healthy:
             return
@@ -261,6 +256,7 @@ class RedisLink:
                 async with asyncio.timeout(self.timeout * 2 + 0.5):
                     await self.client.ping()
                     await self._load_scripts()
+                    await self.mux.connect()
             except _FAULTS:
                 self._remind()
                 continue

@@ -1,0 +1,259 @@
+"""One multiplexed RESP3 connection per process: pipelined calls, ordered replies, invalidations.
+
+Every Lua script of the stores goes out on this connection (see
+:meth:`gateway.sessions.redislink.RedisLink.eval`). Calls made in one loop
+tick are written together; Redis answers in order, so one reader task
+matches replies to calls first in, first out. This skips redis-py's
+per-command machinery (a pooled connection, a timer and a task per call):
+the client cost of a call is packing it, a share of one write and one
+parse.
+
+The same connection carries **client-side caching** invalidations
+(``CLIENT TRACKING ON BCAST PREFIX <p> NOLOOP``): Redis pushes the name of
+every key under a tracked prefix that any other connection changed (or that
+expired, was evicted or flushed; ``None`` means "everything"). ``NOLOOP``
+keeps plain writes made on this connection from coming back. Redis 7.0 still
+pushes writes made inside Lua scripts back to the connection that made them,
+so the writer's own entry is evicted just after its reply. That is correct,
+at the price of one later read. Because replies and pushes share one ordered stream, a reply
+applied by its ``on_reply`` callback (run by the reader, before the next
+message is read) can never overwrite a later invalidation.
+
+A cache may be trusted only while :meth:`fresh` says so: the connection is
+up, something was heard from Redis within ``1.5 × timeout`` (a ``PING`` goes
+out after ``timeout / 2`` of silence), and no bytes are waiting unread (they
+may hold an invalidation). A call unanswered after ``timeout`` breaks the
+connection; breaking fails every pending call with ``StoreUnavailable`` and
+calls ``on_lost``, whose owner flushes the caches, so a cache never outlives
+the connection whose invalidations it relied on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import select
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from gateway.errors import StoreUnavailable
+
+__all__ = ["Invalidated", "OnReply", "RedisMux"]
+
+OnReply = Callable[[Any], None]
+"""Called by the reader with a call's reply, in reply order, before later messages."""
+Invalidated = Callable[[list[bytes] | None], None]
+"""Called with the keys Redis says changed; ``None``: forget everything."""
+
+RETRY_AFTER = 1
+
+_PUSHED = object()
+
+
+class _Pending:
+    __slots__ = ("future", "on_reply", "sent")
+
+    def __init__(self, future: asyncio.Future[Any] | None, on_reply: OnReply | None) -> None:
+        self.future = future
+        self.on_reply = on_reply
+        self.sent = time.monotonic()
+
+
+class RedisMux:
+    """The connection, its pending calls and its health (``connect`` again after a loss)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        on_lost: Callable[[BaseException], None],
+        on_invalidate: Invalidated,
+    ) -> None:
+        self._pool = aioredis.ConnectionPool.from_url(
+            url, protocol=3, socket_timeout=None, socket_connect_timeout=timeout
+        )
+        self.timeout = timeout
+        self.prefixes: list[str] = []
+        """Key prefixes to track; set before :meth:`connect`."""
+        self._on_lost = on_lost
+        self._on_invalidate = on_invalidate
+        self._conn: Any = None
+        self._live = False
+        self._pending: deque[_Pending] = deque()
+        self._out: list[bytes] = []
+        self._flush_due = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._poll: Any = None
+        self.heard = 0.0
+        self.tracking = False
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    async def connect(self) -> None:
+        """(Re)open the connection and turn tracking on; raises on failure."""
+        await self.close()
+        conn = self._pool.make_connection()
+        try:
+            await conn.connect()
+            # redis-py routes RESP3 pushes to this parser hook (its own client cache uses it).
+            conn._parser.set_invalidation_push_handler(self._pushed)
+            if self.prefixes:
+                args = ["CLIENT", "TRACKING", "ON", "BCAST"]
+                for prefix in self.prefixes:
+                    args += ["PREFIX", prefix]
+                await conn.send_command(*args, "NOLOOP", check_health=False)
+                async with asyncio.timeout(self.timeout):
+                    await conn.read_response(timeout=math.inf, push_request=True)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        poll = select.poll()
+        with contextlib.suppress(Exception):
+            poll.register(conn._writer.transport.get_extra_info("socket").fileno(), select.POLLIN)
+        self._conn, self._poll = conn, poll
+        self._on_invalidate(None)  # Anything cached before this connection is unknown.
+        self.tracking = bool(self.prefixes)
+        self._live = True
+        self.heard = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read(conn)), loop.create_task(self._watch(conn))]
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        self._live = self.tracking = False
+        self._fail_pending()
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+    def send(self, args: Sequence[Any], on_reply: OnReply | None = None) -> asyncio.Future[Any]:
+        """Queue one command; the future gets its reply (or the error Redis answered)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._live:
+            future.set_exception(StoreUnavailable(data={"retryAfter": RETRY_AFTER}))
+            return future
+        self._queue(args, _Pending(future, on_reply))
+        return future
+
+    async def barrier(self) -> None:
+        """Return once Redis has written out what earlier calls made it push to others.
+
+        Redis writes a write's invalidations to the other processes' connections in
+        the same event-loop pass as the write's reply; a ``PING`` sent after that
+        reply is answered in a later pass. So when the ``PONG`` arrives, every
+        tracking process on this host already has the invalidation in its socket,
+        where :meth:`fresh` sees it.
+        """
+        await self.send(["PING"])
+
+    async def fresh(self) -> bool:
+        """Whether a cache kept by this connection's invalidations may be read now."""
+        if not self.tracking or time.monotonic() - self.heard > self.timeout * 1.5:
+            return False
+        if self._poll.poll(0):
+            return False  # Unread bytes in the kernel: maybe an invalidation.
+        try:
+            return not await self._conn.can_read()
+        except Exception:
+            return False
+
+    def _queue(self, args: Sequence[Any], pending: _Pending) -> None:
+        self._out.extend(self._conn.pack_command(*args))
+        self._pending.append(pending)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        out, self._out = self._out, []
+        if out and self._conn is not None:
+            try:
+                # One write for every call of this tick (the reader task owns reading).
+                self._conn._writer.writelines(out)
+            except Exception as exc:
+                self._broken(exc)
+
+    async def _pushed(self, response: list[Any]) -> object:
+        keys = response[1] if len(response) > 1 else None
+        self._on_invalidate(list(keys) if keys is not None else None)
+        return _PUSHED
+
+    async def _read(self, conn: Any) -> None:
+        pending = self._pending
+        while True:
+            try:
+                reply = await conn.read_response(
+                    timeout=math.inf, push_request=True, disconnect_on_error=False
+                )
+            except ResponseError as exc:
+                reply = exc
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._broken(exc)
+                return
+            self.heard = time.monotonic()
+            if reply is _PUSHED:
+                continue
+            if not pending:
+                self._broken(RuntimeError("reply without a call"))
+                return
+            call = pending.popleft()
+            future = call.future
+            if isinstance(reply, ResponseError):
+                if future is not None and not future.done():
+                    future.set_exception(reply)
+                continue
+            if call.on_reply is not None:
+                call.on_reply(reply)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def _watch(self, conn: Any) -> None:
+        """Break the connection on a late reply; ping it after half a timeout of silence."""
+        step = self.timeout / 4
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            if self._pending and now - self._pending[0].sent > self.timeout:
+                self._broken(TimeoutError(f"no reply from Redis within {self.timeout} s"))
+                return
+            if not self._pending and now - self.heard >= self.timeout / 2:
+                self._queue(["PING"], _Pending(None, None))
+
+    def _broken(self, exc: BaseException) -> None:
+        if not self._live:
+            return
+        self._live = self.tracking = False
+        self._on_invalidate(None)
+        self._fail_pending()
+        conn, self._conn = self._conn, None
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        self._tasks = []
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn._writer.transport.abort()
+        self._on_lost(exc)
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, deque()
+        self._out = []
+        for call in pending:
+            if call.future is not None and not call.future.done():
+                call.future.set_exception(StoreUnavailable(data={"retryAfter": RETRY_AFTER}))
