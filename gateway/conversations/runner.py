@@ -30,6 +30,8 @@ __all__ = ["AsyncRunner", "DbRunner", "ThreadRunner"]
 
 T = TypeVar("T")
 
+_BROKEN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 
 class DbRunner(Protocol):
     """Runs one synchronous database operation in a transaction, off the loop."""
@@ -111,14 +113,19 @@ class AsyncRunner:
     @contextlib.asynccontextmanager
     async def driver(self) -> AsyncIterator[Any]:
         """The asyncpg connection of a pooled autocommit connection (each statement is its
-        own transaction; the pool's codecs apply). A connection an operation was cut short
-        on (cancel, broken socket) is discarded, not pooled half-used."""
+        own transaction; the pool's codecs apply). A connection that broke (the server
+        went away) is discarded, so the next checkout opens a fresh one; a cancel is
+        asyncpg's to clean up (it cancels the query on the server)."""
         async with (self.autocommit or self.engine).connect() as conn:
             raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
             try:
-                yield raw.driver_connection
-            except (asyncio.CancelledError, OSError, TimeoutError, asyncpg.InterfaceError):
-                await conn.invalidate()
+                yield driver
+            except Exception as exc:
+                # A server error on a statement (a constraint, a bad value) leaves the
+                # connection fine; these, or a closed connection, do not.
+                if isinstance(exc, _BROKEN) or driver.is_closed():
+                    await conn.invalidate()
                 raise
 
     async def close(self) -> None:
