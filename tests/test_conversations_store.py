@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.conversations import SqlConversationStore, StoreLimits, make_store
 from gateway.conversations.schema import conversations, messages
-from gateway.conversations.store import ConversationRecord, MessageRecord, NewMessage
+from gateway.conversations.store import Ask, ConversationRecord, MessageRecord, NewMessage
 from gateway.conversations.tree import Tree
 from gateway.errors import ConversationLimit
 from tests.conversation_support import Backend
@@ -193,5 +193,55 @@ async def test_a_connection_the_server_dropped_is_replaced(backend: Backend) -> 
             ):
                 outcomes.append(False)
         assert outcomes[-4:] == [True] * 4, outcomes
+    finally:
+        await store.close()
+
+
+async def test_start_send_appends_under_the_active_leaf_in_one_step(backend: Backend) -> None:
+    """The send's own path (one statement on PostgreSQL): the question goes under the active
+    leaf, the answer's model is the conversation's if usable, else the fallback; the tree
+    returned is the one before the send; owner and limit are checked."""
+    store = _store(backend, messages_per_conversation=6)
+    await store.start()
+    try:
+        now = time.time()
+        record = await store.create(
+            "ann", title=None, model="gone", system_prompt=None, params={}, now=now
+        )
+        ask = Ask("first?", "stream-1", ("m1", "m2"), "m2")
+        one = await store.start_send("ann", record.id, ask, now, node="n1")
+        assert one is not None and one.record.message_count == 0 and one.tree.messages == []
+        question, answer = one.added
+        assert (question.parent_id, question.seq, question.role) == (None, 0, "user")
+        assert (answer.parent_id, answer.seq, answer.status) == (question.id, 1, "streaming")
+        assert answer.model == "m2" and answer.stream_id == "stream-1"
+        await store.finish_message(answer.id, content="A", status="done", now=now)
+
+        await store.update("ann", record.id, now, model="m1")
+        two = await store.start_send(
+            "ann", record.id, Ask("second?", "s2", ("m1",), "x"), now, node=None
+        )
+        assert two is not None and two.record.active_leaf_id == answer.id
+        assert [m.content for m in two.tree.messages] == ["first?", "A"]
+        assert two.added[0].parent_id == answer.id and two.added[-1].model == "m1"
+        assert [m.seq for m in two.added] == [2, 3]
+
+        loaded = await store.load("ann", record.id)
+        assert loaded is not None
+        conv, found = loaded
+        assert conv.active_leaf_id == two.added[-1].id and conv.message_count == 4
+        stored = {m.id: m for m in found}
+        for mine in (*one.added[:1], *two.added):
+            assert _fields(stored[mine.id]) == _fields(mine)
+
+        assert await store.start_send("bob", record.id, ask, now, node=None) is None
+        assert await store.start_send("ann", "nope", ask, now, node=None) is None
+        assert await store.start_send("ann", record.id, ask, now, node=None)  # 6 of 6
+        try:
+            await store.start_send("ann", record.id, ask, now, node=None)
+        except ConversationLimit as exc:
+            assert exc.data == {"limit": "messagesPerConversation", "max": 6}
+        else:
+            raise AssertionError("past the limit")
     finally:
         await store.close()

@@ -28,12 +28,15 @@ from gateway.conversations.store import ConversationRecord, MessageRecord
 __all__ = [
     "FINISH",
     "LOAD_CONVERSATION",
+    "LOAD_JOINED",
     "LOAD_MESSAGES",
     "MOVE_LEAF",
+    "SEND_PG",
     "append_pg",
     "conversation_record",
     "dumps",
     "insert_messages",
+    "joined_records",
     "message_records",
     "sqlite",
 ]
@@ -54,6 +57,41 @@ LOAD_CONVERSATION = (
 )
 # Only read after LOAD_CONVERSATION found the owner's conversation.
 LOAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY seq"
+
+_C = ", ".join(f"c.{name}" for name in CONVERSATION_COLUMNS.split(", "))
+_M = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS.split(", "))
+_JOIN = (
+    " FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id"
+    " WHERE c.id = $1 AND c.user_id = $2 ORDER BY m.seq"
+)
+LOAD_JOINED = f"SELECT {_C}, {_M}{_JOIN}"
+"""PostgreSQL: the conversation and its messages in one round trip (see joined_records)."""
+
+SEND_PG = (
+    "WITH old AS (SELECT id, active_leaf_id, model FROM conversations"
+    " WHERE id = $1 AND user_id = $2),"
+    " u AS (UPDATE conversations SET message_count = conversations.message_count + 2,"
+    " updated_at = $4, active_leaf_id = $6 FROM old"
+    " WHERE conversations.id = old.id AND conversations.message_count + 2 <= $3"
+    " RETURNING conversations.message_count AS n, old.active_leaf_id AS parent,"
+    " CASE WHEN old.model = ANY(CAST($8 AS VARCHAR[])) THEN old.model"
+    " ELSE CAST($9 AS VARCHAR) END AS model),"
+    " ins AS (INSERT INTO messages (id, conversation_id, parent_id, seq, role, content, status,"
+    " model, stream_id, created_at, updated_at, node)"
+    " SELECT CAST($5 AS VARCHAR), $1, u.parent, u.n - 2, 'user', CAST($7 AS TEXT), 'done',"
+    " NULL, NULL, $4, $4, NULL FROM u"
+    " UNION ALL SELECT $6, $1, CAST($5 AS VARCHAR), u.n - 1, 'assistant', '', 'streaming',"
+    " u.model, CAST($10 AS VARCHAR), $4, $4, CAST($11 AS VARCHAR) FROM u)"
+    f" SELECT (SELECT n FROM u), (SELECT model FROM u), {_C}, {_M}{_JOIN}"
+)
+"""PostgreSQL, a send in one statement and one round trip: read the conversation and its
+messages as they were, and (owner and limit checked) append the question under the active
+leaf and the answer's ``streaming`` placeholder, move the leaf. Parameters: conversation,
+user, message limit, now, question id, answer id, question, usable models, fallback model,
+stream id, node. Rows: (message count after, answer's model, *LOAD_JOINED's columns);
+none when not found, a NULL count when nothing was appended. Every part sees the snapshot
+taken before the statement: a concurrent append from another process makes this one a
+sibling branch, never a lost or duplicated message."""
 
 MOVE_LEAF = (
     "UPDATE conversations SET message_count = message_count + $1, updated_at = $2,"
@@ -131,6 +169,23 @@ def conversation_record(row: Sequence[Any], *, decoded: bool) -> ConversationRec
         record.params = orjson.loads(params) if params is not None else {}
     record.params = dict(record.params or {})
     return record
+
+
+_NC = len(CONVERSATION_COLUMNS.split(", "))
+_NM = len(MESSAGE_COLUMNS.split(", "))
+
+
+def joined_records(
+    rows: Sequence[Sequence[Any]], skip: int = 0
+) -> tuple[ConversationRecord, list[MessageRecord]] | None:
+    """LOAD_JOINED rows (asyncpg; after ``skip`` leading columns): the conversation, and its
+    messages (a conversation without any is one row of NULL message columns)."""
+    if not rows:
+        return None
+    start, end = skip + _NC, skip + _NC + _NM
+    record = conversation_record(tuple(rows[0])[skip:start], decoded=True)
+    found = [MessageRecord(*values[start:end]) for values in map(tuple, rows) if values[start]]
+    return record, found
 
 
 def message_records(rows: Sequence[Sequence[Any]], *, decoded: bool) -> list[MessageRecord]:

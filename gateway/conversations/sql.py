@@ -26,6 +26,7 @@ from gateway.conversations.runner import AsyncRunner, DbRunner
 from gateway.conversations.schema import conversations, messages, user_settings
 from gateway.conversations.store import (
     AnswerStart,
+    Ask,
     ConversationRecord,
     MessageRecord,
     NewMessage,
@@ -167,13 +168,9 @@ def _load(
 async def _load_pg(
     pg: Any, user_id: str, conversation_id: str
 ) -> tuple[ConversationRecord, list[MessageRecord]] | None:
-    """PostgreSQL: the same on an asyncpg connection (two round trips, no transaction: a
-    conversation deleted in between reads as one without messages)."""
-    row = await pg.fetchrow(hot.LOAD_CONVERSATION, conversation_id, user_id)
-    if row is None:
-        return None
-    rows = await pg.fetch(hot.LOAD_MESSAGES, conversation_id)
-    return hot.conversation_record(row, decoded=True), hot.message_records(rows, decoded=True)
+    """PostgreSQL: the same on an asyncpg connection, one joined statement (one round
+    trip: on a busy machine each one waits for the server process to be scheduled)."""
+    return hot.joined_records(await pg.fetch(hot.LOAD_JOINED, conversation_id, user_id))
 
 
 def _new_records(
@@ -492,6 +489,64 @@ class SqlConversationStore:
             return AnswerStart(record, tree, added)
 
         return await self.runner.run(op, write=True)
+
+    async def start_send(
+        self, user_id: str, conversation_id: str, ask: Ask, now: float, *, node: str | None
+    ) -> AnswerStart | None:
+        """A question under the active leaf and its answer's placeholder. PostgreSQL: one
+        statement (hot.SEND_PG); SQLite: :meth:`start_answer`'s one transaction."""
+        if self._pg is None:
+
+            def plan(record: ConversationRecord, tree: Tree) -> list[NewMessage]:
+                model = record.model if record.model in ask.models else ask.fallback
+                return [
+                    NewMessage("user", ask.question, parent=record.active_leaf_id),
+                    NewMessage(
+                        "assistant",
+                        "",
+                        status="streaming",
+                        model=model,
+                        stream_id=ask.stream_id,
+                        parent="@prev",
+                    ),
+                ]
+
+            return await self.start_answer(user_id, conversation_id, plan, now, node=node)
+        most = self.limits.messages_per_conversation
+        question_id, answer_id = new_id(), new_id()
+        async with self._pg.driver() as pg:
+            rows = await pg.fetch(
+                hot.SEND_PG,
+                conversation_id,
+                user_id,
+                most,
+                now,
+                question_id,
+                answer_id,
+                ask.question,
+                list(ask.models),
+                ask.fallback,
+                ask.stream_id,
+                node,
+            )
+        loaded = hot.joined_records(rows, skip=2)
+        if loaded is None:
+            return None
+        record, found = loaded
+        count, model = rows[0][0], rows[0][1]
+        if count is None:
+            if record.message_count + 2 <= most:
+                return None  # deleted meanwhile
+            raise _limit_error(most)
+        question = MessageRecord(
+            question_id, conversation_id, record.active_leaf_id, count - 2, "user",
+            ask.question, "done", None, None, now, now,
+        )  # fmt: skip
+        answer = MessageRecord(
+            answer_id, conversation_id, question_id, count - 1, "assistant", "",
+            "streaming", model, ask.stream_id, now, now,
+        )  # fmt: skip
+        return AnswerStart(record, Tree(found), [question, answer])
 
     async def _start_answer_pg(
         self, user_id: str, conversation_id: str, plan: Plan, now: float, node: str | None
