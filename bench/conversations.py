@@ -3,6 +3,10 @@
     .venv/bin/python bench/conversations.py                 # SQLite and PostgreSQL
     .venv/bin/python bench/conversations.py --quick         # 100,000 messages, fewer samples
     .venv/bin/python bench/conversations.py --only sqlite
+    .venv/bin/python bench/conversations.py --reuse /tmp/convbench   # seed once, reuse
+
+``--reuse DIR`` keeps the seeded SQLite file and PostgreSQL data directory in DIR, so a
+later run skips the bulk insert (the conversations a run adds are deleted at its end).
 
 Setup bulk-inserts straight into the database (sqlite3 executemany / asyncpg COPY,
 after the gateway's migrations made the schema), then a real gateway serves it on
@@ -11,6 +15,7 @@ after the gateway's migrations made the schema), then a real gateway serves it o
 - list a page (``conversation.list``, 50 items) and open a 200-message conversation
   (``conversation.get``): p50/p99, against a call that touches no database
   (``chat.getCurrentModel``). Target: p99 < 20 ms.
+- CPU time of the whole process (client and gateway) per call, from the same calls.
 - time to first token of ``conversation.send`` (history from the stored branch)
   against ``chat.chatWithHistory`` with the same history sent by the client, on
   ``offline-fast``, alternating. Target: < 2 ms added at p50.
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -165,13 +172,44 @@ class Client:
                 return first, frame["result"]
 
 
-async def _timed(n: int, fn: Any) -> list[float]:
+async def _timed(n: int, fn: Any, cpu: dict[str, float], name: str) -> list[float]:
+    """Wall seconds of ``n`` calls; their CPU seconds per call (all threads) into ``cpu``."""
     out = []
+    used = time.process_time()
     for _ in range(n):
         start = time.perf_counter()
         await fn()
         out.append(time.perf_counter() - start)
+    cpu[name] = (time.process_time() - used) / n
     return out
+
+
+def _sqlite_counts(path: Path, query: str) -> tuple[int, int] | None:
+    if not path.exists():
+        return None
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(query).fetchone()
+    finally:
+        db.close()
+
+
+async def _seeded(url: str | None, path: Path, total: int) -> bool:
+    """True when the database already holds this benchmark's data (``--reuse``)."""
+    query = "SELECT (SELECT count(*) FROM conversations), (SELECT count(*) FROM messages)"
+    try:
+        if url:
+            conn = await asyncpg.connect(url)
+            try:
+                row = tuple(await conn.fetchrow(query))
+            finally:
+                await conn.close()
+        else:
+            row = await asyncio.to_thread(_sqlite_counts, path, query)
+    except (sqlite3.Error, asyncpg.PostgresError):
+        return False
+    per = max(2, (total - BIG) // (CONVERSATIONS - 1))
+    return row == (CONVERSATIONS, BIG + per * (CONVERSATIONS - 1))
 
 
 async def bench_one(kind: str, url: str | None, data_dir: Path, total: int, samples: int) -> dict:
@@ -179,13 +217,15 @@ async def bench_one(kind: str, url: str | None, data_dir: Path, total: int, samp
     await store.start()
     await store.close()
     t0 = time.perf_counter()
-    convs, msgs = _rows(total)
-    if url:
-        await _fill_postgres(url.replace("postgresql://", "postgres://"), convs, msgs)
-    else:
-        await _fill_sqlite(data_dir / "gateway.db", convs, msgs)
+    reused = await _seeded(url, data_dir / "gateway.db", total)
+    if not reused:
+        convs, msgs = _rows(total)
+        if url:
+            await _fill_postgres(url, convs, msgs)
+        else:
+            await _fill_sqlite(data_dir / "gateway.db", convs, msgs)
+        del convs, msgs
     setup = time.perf_counter() - t0
-    del convs, msgs
     config = Config(
         server=ServerConfig(host="127.0.0.1", port=0),
         auth=AuthConfig(api_keys={TOKEN: USER}),
@@ -195,10 +235,14 @@ async def bench_one(kind: str, url: str | None, data_dir: Path, total: int, samp
         data_dir=str(data_dir),
         default_model="offline-fast",
     )
+    cpu: dict[str, float] = {}
     out: dict[str, Any] = {
         "kind": kind,
         "messages": total,
         "setupSeconds": setup,
+        "reused": reused,
+        "loadBefore": os.getloadavg()[0],
+        "cpu": cpu,
     }
     async with Gateway(config) as gw:
         async with connect(
@@ -210,36 +254,48 @@ async def bench_one(kind: str, url: str | None, data_dir: Path, total: int, samp
                 await c.call("conversation.list", {"limit": 50})
                 await c.call("conversation.get", {"conversationId": big})
                 await c.call("chat.getCurrentModel")
-            base = await _timed(samples, lambda: c.call("chat.getCurrentModel"))
-            page = await _timed(samples, lambda: c.call("conversation.list", {"limit": 50}))
+            base = await _timed(samples, lambda: c.call("chat.getCurrentModel"), cpu, "base")
+            page = await _timed(
+                samples, lambda: c.call("conversation.list", {"limit": 50}), cpu, "list"
+            )
             got = await c.call("conversation.get", {"conversationId": big})
             assert len(got["messages"]) == BIG
             opened = await _timed(
-                samples, lambda: c.call("conversation.get", {"conversationId": big})
+                samples, lambda: c.call("conversation.get", {"conversationId": big}), cpu, "get"
             )
             second = await c.call("conversation.list", {"limit": 50})
             assert len(second["items"]) == 50 and second["nextCursor"]
 
             sends, direct = [], []
             history: list[dict[str, str]] = []
-            cid = None
+            created: list[str] = []
+            cpu_direct = cpu_send = 0.0
             for i in range(samples):
                 if i % 25 == 0:
-                    cid = (await c.call("conversation.create"))["id"]
+                    created.append((await c.call("conversation.create"))["id"])
                     history = []
                 question = f"question number {i}"
+                used = time.process_time()
                 t_direct, _ = await c.ttft(
                     "chat.chatWithHistory", {"message": question, "history": history}
                 )
+                mid = time.process_time()
                 t_send, _ = await c.ttft(
-                    "conversation.send", {"conversationId": cid, "message": question}
+                    "conversation.send", {"conversationId": created[-1], "message": question}
                 )
+                cpu_send += time.process_time() - mid
+                cpu_direct += mid - used
                 direct.append(t_direct)
                 sends.append(t_send)
                 # Keep the client's history equal to the stored branch.
-                got = await c.call("conversation.get", {"conversationId": cid})
+                got = await c.call("conversation.get", {"conversationId": created[-1]})
                 history = [{"role": m["role"], "content": m["content"]} for m in got["messages"]]
+            cpu.update(direct=cpu_direct / samples, send=cpu_send / samples)
+            # A reused database stays as it was seeded.
+            for cid in created:
+                await c.call("conversation.delete", {"conversationId": cid})
     ms = 1000.0
+    out["loadAfter"] = os.getloadavg()[0]
     out.update(
         baseP50=_pct(base, 50) * ms,
         baseP99=_pct(base, 99) * ms,
@@ -261,15 +317,21 @@ def _verdict(good: bool) -> str:
 
 def report(r: dict) -> None:
     added = r["sendTtftP50"] - r["directTtftP50"]
+    cpu = {k: v * 1000 for k, v in r["cpu"].items()}
+    setup = "reused the seeded database" if r["reused"] else "bulk insert"
     print(
         f"\n== {r['kind']}: {CONVERSATIONS:,} conversations, {r['messages']:,} messages "
-        f"(bulk insert {r['setupSeconds']:.1f} s)"
+        f"({setup} {r['setupSeconds']:.1f} s; load average {r['loadBefore']:.1f} before, "
+        f"{r['loadAfter']:.1f} after)"
     )
-    print(f"  baseline chat.getCurrentModel  p50 {r['baseP50']:.2f} ms  p99 {r['baseP99']:.2f} ms")
+    print(
+        f"  baseline chat.getCurrentModel  p50 {r['baseP50']:.2f} ms  p99 {r['baseP99']:.2f} ms"
+        f"  cpu {cpu['base']:.2f} ms/call"
+    )
     for name, key in (("conversation.list (50)", "list"), ("conversation.get (200 msgs)", "get")):
         p50, p99 = r[f"{key}P50"], r[f"{key}P99"]
         print(
-            f"  {name:<30} p50 {p50:.2f} ms  p99 {p99:.2f} ms  "
+            f"  {name:<30} p50 {p50:.2f} ms  p99 {p99:.2f} ms  cpu {cpu[key]:.2f} ms/call  "
             f"({p99 / r['baseP99']:.1f}x baseline p99)  {_verdict(p99 < 20)} p99 < 20 ms"
         )
     ratio = r["sendTtftP50"] / r["directTtftP50"]
@@ -281,6 +343,10 @@ def report(r: dict) -> None:
         f"  TTFT p99 chatWithHistory {r['directTtftP99']:.2f} ms, "
         f"conversation.send {r['sendTtftP99']:.2f} ms"
     )
+    print(
+        f"  cpu per whole call: chatWithHistory {cpu['direct']:.2f} ms, conversation.send "
+        f"{cpu['send']:.2f} ms ({cpu['send'] / cpu['direct']:.2f}x)"
+    )
 
 
 async def main() -> None:
@@ -291,23 +357,34 @@ async def main() -> None:
     parser.add_argument("--only", choices=("sqlite", "postgres"))
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--reuse", metavar="DIR", help="keep the seeded databases in DIR and reuse them"
+    )
     args = parser.parse_args()
     total = 100_000 if args.quick else 1_000_000
     samples = args.samples or (100 if args.quick else 400)
     results = []
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        root = (
+            Path(args.reuse)
+            if args.reuse
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
+        )
         if args.only in (None, "sqlite"):
-            results.append(await bench_one("sqlite", None, Path(tmp) / "sqlite", total, samples))
+            results.append(await bench_one("sqlite", None, root / "sqlite", total, samples))
             report(results[-1])
         if args.only in (None, "postgres"):
-            with postgres_server() as pg:
-                conn = await asyncpg.connect(pg.url())
-                await conn.execute('CREATE DATABASE "bench"')
+            pg = stack.enter_context(postgres_server(root / "pgdata" if args.reuse else None))
+            conn = await asyncpg.connect(pg.url())
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'bench'"):
+                    await conn.execute('CREATE DATABASE "bench"')
+            finally:
                 await conn.close()
-                results.append(
-                    await bench_one("postgres", pg.url("bench"), Path(tmp) / "pg", total, samples)
-                )
-                report(results[-1])
+            results.append(
+                await bench_one("postgres", pg.url("bench"), root / "pg", total, samples)
+            )
+            report(results[-1])
     if args.json:
         await asyncio.to_thread(Path(args.json).write_text, json.dumps(results, indent=2))
 

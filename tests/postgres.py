@@ -48,41 +48,47 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(keep: Path | None = None) -> Iterator[PostgresServer]:
+    """A private server; ``keep``: its data directory, made on first use and kept after
+    (the benchmark reuses a seeded database), else a temp dir removed at the end."""
     initdb, postgres = find_bin("initdb"), find_bin("postgres")
     if initdb is None or postgres is None:
         raise RuntimeError(
             "PostgreSQL binaries not found under /usr/lib/postgresql (scripts/setup)"
         )
     root = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
-    data, sock = root / "data", root / "sock"
+    data, sock = keep or root / "data", root / "sock"
     sock.mkdir()
+    fresh = not (data / "PG_VERSION").exists()
+    if keep is not None and fresh:
+        keep.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         pw = pwd.getpwnam("postgres")
-        for path in (root, sock):
+        for path in (root, sock, *([keep] if keep is not None and fresh else [])):
             os.chown(path, pw.pw_uid, pw.pw_gid)
     server = PostgresServer(root, _free_port())
     proc: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(
-            _as_postgres(
-                [
-                    initdb,
-                    "-D",
-                    str(data),
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                ]
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        if fresh:
+            subprocess.run(
+                _as_postgres(
+                    [
+                        initdb,
+                        "-D",
+                        str(data),
+                        "-U",
+                        "postgres",
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--no-sync",
+                    ]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         proc = subprocess.Popen(
             _as_postgres(
                 [

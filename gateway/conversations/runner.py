@@ -10,21 +10,27 @@ and hands it to a runner:
   Writes go to a single writer thread, which is also SQLite's one-writer rule.
 - PostgreSQL (:class:`AsyncRunner`): the function runs through SQLAlchemy's
   async engine over asyncpg (``run_sync``), whose I/O is on the loop itself.
+  The hot paths (:mod:`gateway.conversations.hot`) take the asyncpg connection
+  under a pooled one instead (:meth:`AsyncRunner.driver`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
+import asyncpg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["AsyncRunner", "DbRunner", "ThreadRunner"]
 
 T = TypeVar("T")
+
+_BROKEN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class DbRunner(Protocol):
@@ -103,6 +109,24 @@ class AsyncRunner:
         async with self.engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
             return await auto.run_sync(fn)
+
+    @contextlib.asynccontextmanager
+    async def driver(self) -> AsyncIterator[Any]:
+        """The asyncpg connection of a pooled autocommit connection (each statement is its
+        own transaction; the pool's codecs apply). A connection that broke (the server
+        went away) is discarded, so the next checkout opens a fresh one; a cancel is
+        asyncpg's to clean up (it cancels the query on the server)."""
+        async with (self.autocommit or self.engine).connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            try:
+                yield driver
+            except Exception as exc:
+                # A server error on a statement (a constraint, a bad value) leaves the
+                # connection fine; these, or a closed connection, do not.
+                if isinstance(exc, _BROKEN) or driver.is_closed():
+                    await conn.invalidate()
+                raise
 
     async def close(self) -> None:
         await self.engine.dispose()

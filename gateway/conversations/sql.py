@@ -20,11 +20,13 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from gateway.conversations import hot
 from gateway.conversations.migrations import current_version, migrate
-from gateway.conversations.runner import DbRunner
+from gateway.conversations.runner import AsyncRunner, DbRunner
 from gateway.conversations.schema import conversations, messages, user_settings
 from gateway.conversations.store import (
     AnswerStart,
+    Ask,
     ConversationRecord,
     MessageRecord,
     NewMessage,
@@ -136,38 +138,72 @@ def _get(conn: Connection, user_id: str, conversation_id: str) -> ConversationRe
     return _conversation(row) if row is not None else None
 
 
-_JOINED = sa.select(
-    *[col.label(f"c_{col.name}") for col in conversations.c],
-    *[col.label(f"m_{col.name}") for col in messages.c],
-).select_from(conversations.outerjoin(messages, messages.c.conversation_id == conversations.c.id))
-_NC = len(conversations.c)
 _M_FIELDS = [f.name for f in dataclasses.fields(MessageRecord)]
-_NM = len(_M_FIELDS)
-# Records are built by position from joined rows: their fields follow the table's columns.
+# Records are built by position from rows: their fields follow the table's columns.
 assert [col.name for col in conversations.c] == [
     f.name for f in dataclasses.fields(ConversationRecord)
 ]
-assert [col.name for col in messages.c][:_NM] == _M_FIELDS
+assert [col.name for col in messages.c][: len(_M_FIELDS)] == _M_FIELDS
+
+_SQLITE_LOAD_CONVERSATION = hot.sqlite(hot.LOAD_CONVERSATION)
+_SQLITE_LOAD_MESSAGES = hot.sqlite(hot.LOAD_MESSAGES)
+_SQLITE_MOVE_LEAF = hot.sqlite(hot.MOVE_LEAF)
+_SQLITE_INSERT_MESSAGE = hot.sqlite(hot.INSERT_MESSAGE)
+_SQLITE_FINISH = hot.sqlite(hot.FINISH)
 
 
 def _load(
     conn: Connection, user_id: str, conversation_id: str
 ) -> tuple[ConversationRecord, list[MessageRecord]] | None:
-    """The conversation and its messages in one statement (one round trip)."""
-    rows = conn.execute(
-        _JOINED.where(
-            conversations.c.id == conversation_id, conversations.c.user_id == user_id
-        ).order_by(messages.c.seq)
-    ).all()
-    if not rows:
+    """SQLite: the conversation and its messages, on the driver's connection (hot path)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    row = raw.execute(_SQLITE_LOAD_CONVERSATION, (conversation_id, user_id)).fetchone()
+    if row is None:
         return None
-    # Positional construction: a 200-message conversation is 6,000 values, and building
-    # them by column name cost more than the query.
-    record = ConversationRecord(*tuple(rows[0])[:_NC])
-    record.params = dict(record.params or {})
-    end = _NC + _NM
-    found = [MessageRecord(*values[_NC:end]) for values in map(tuple, rows) if values[_NC]]
-    return record, found
+    rows = raw.execute(_SQLITE_LOAD_MESSAGES, (conversation_id,)).fetchall()
+    return hot.conversation_record(row, decoded=False), hot.message_records(rows, decoded=False)
+
+
+async def _load_pg(
+    pg: Any, user_id: str, conversation_id: str
+) -> tuple[ConversationRecord, list[MessageRecord]] | None:
+    """PostgreSQL: the same on an asyncpg connection, one joined statement (one round
+    trip: on a busy machine each one waits for the server process to be scheduled)."""
+    return hot.joined_records(await pg.fetch(hot.LOAD_JOINED, conversation_id, user_id))
+
+
+def _new_records(
+    conversation_id: str, new: list[NewMessage], now: float, first_seq: int = 0
+) -> list[MessageRecord]:
+    """Records for ``new`` with fresh ids; "@prev" parents resolved."""
+    records: list[MessageRecord] = []
+    previous: str | None = None
+    for i, item in enumerate(new):
+        record = MessageRecord(
+            id=new_id(),
+            conversation_id=conversation_id,
+            parent_id=previous if item.parent == "@prev" else item.parent,
+            seq=first_seq + i,
+            role=item.role,
+            content=item.content,
+            status=item.status,
+            model=item.model,
+            stream_id=item.stream_id,
+            created_at=now,
+            updated_at=now,
+            result=item.extra.get("result"),
+        )
+        records.append(record)
+        previous = record.id
+    return records
+
+
+def _limit_error(most: int) -> ConversationLimit:
+    return ConversationLimit(
+        f"This conversation already holds {most} messages; start a new one",
+        {"limit": "messagesPerConversation", "max": most},
+    )
 
 
 def _rows(conn: Connection, conversation_id: str) -> list[MessageRecord]:
@@ -186,6 +222,7 @@ class SqlConversationStore:
         self.runner = runner
         self.limits = limits or StoreLimits()
         self._postgres = runner.dialect == "postgresql"
+        self._pg = runner if isinstance(runner, AsyncRunner) else None
 
     @property
     def embedded(self) -> bool:
@@ -307,8 +344,10 @@ class SqlConversationStore:
     async def load(
         self, user_id: str, conversation_id: str
     ) -> tuple[ConversationRecord, list[MessageRecord]] | None:
-        """The conversation and its messages, read in one transaction."""
-
+        """The conversation and its messages."""
+        if self._pg is not None:
+            async with self._pg.driver() as pg:
+                return await _load_pg(pg, user_id, conversation_id)
         return await self.runner.run(
             lambda conn: _load(conn, user_id, conversation_id), write=False
         )
@@ -369,60 +408,46 @@ class SqlConversationStore:
         now: float,
         node: str | None,
     ) -> list[MessageRecord] | None:
+        """Append ``new`` in the caller's transaction; the last becomes the active leaf.
+
+        One statement checks owner and limit, reserves the sequence numbers and moves the
+        active leaf; then the insert. SQLite runs both as plain SQL (the send's hot path).
+        """
         most = self.limits.messages_per_conversation
-        c = conversations.c
-        ids = [new_id() for _ in new]
-        # One statement checks owner and limit, reserves the sequence numbers and moves the
-        # active leaf to the last new message.
-        row = conn.execute(
-            conversations.update()
-            .where(
-                c.id == conversation_id,
-                c.user_id == user_id,
-                c.message_count + len(new) <= most,
-            )
-            .values(
-                message_count=c.message_count + len(new), updated_at=now, active_leaf_id=ids[-1]
-            )
-            .returning(c.message_count)
-        ).first()
-        if row is None:
-            exists = conn.scalar(
-                sa.select(c.id).where(c.id == conversation_id, c.user_id == user_id)
-            )
-            if exists is None:
+        records = _new_records(conversation_id, new, now)
+        n = len(records)
+        raw = None if self._postgres else conn.connection.driver_connection
+        if raw is not None:
+            got = raw.execute(
+                _SQLITE_MOVE_LEAF, (n, now, records[-1].id, conversation_id, user_id, most)
+            ).fetchall()
+        else:
+            c = conversations.c
+            got = conn.execute(
+                conversations.update()
+                .where(c.id == conversation_id, c.user_id == user_id, c.message_count + n <= most)
+                .values(
+                    message_count=c.message_count + n, updated_at=now, active_leaf_id=records[-1].id
+                )
+                .returning(c.message_count)
+            ).all()
+        if not got:
+            if _get(conn, user_id, conversation_id) is None:
                 return None
-            raise ConversationLimit(
-                f"This conversation already holds {most} messages; start a new one",
-                {"limit": "messagesPerConversation", "max": most},
+            raise _limit_error(most)
+        first_seq = got[0][0] - n
+        for r in records:
+            r.seq += first_seq
+        if raw is not None:
+            raw.executemany(_SQLITE_INSERT_MESSAGE, hot.insert_messages(records, node))
+        else:
+            conn.execute(
+                messages.insert(),
+                [
+                    {**_message_values(r), "node": node if r.status == "streaming" else None}
+                    for r in records
+                ],
             )
-        first_seq = row[0] - len(new)
-        records = []
-        previous: str | None = None
-        for i, item in enumerate(new):
-            record = MessageRecord(
-                id=ids[i],
-                conversation_id=conversation_id,
-                parent_id=previous if item.parent == "@prev" else item.parent,
-                seq=first_seq + i,
-                role=item.role,
-                content=item.content,
-                status=item.status,
-                model=item.model,
-                stream_id=item.stream_id,
-                created_at=now,
-                updated_at=now,
-                result=item.extra.get("result"),
-            )
-            records.append(record)
-            previous = record.id
-        conn.execute(
-            messages.insert(),
-            [
-                {**_message_values(r), "node": node if r.status == "streaming" else None}
-                for r in records
-            ],
-        )
         return records
 
     async def add_messages(
@@ -465,90 +490,84 @@ class SqlConversationStore:
 
         return await self.runner.run(op, write=True)
 
+    async def start_send(
+        self, user_id: str, conversation_id: str, ask: Ask, now: float, *, node: str | None
+    ) -> AnswerStart | None:
+        """A question under the active leaf and its answer's placeholder. PostgreSQL: one
+        statement (hot.SEND_PG); SQLite: :meth:`start_answer`'s one transaction."""
+        if self._pg is None:
+
+            def plan(record: ConversationRecord, tree: Tree) -> list[NewMessage]:
+                model = record.model if record.model in ask.models else ask.fallback
+                return [
+                    NewMessage("user", ask.question, parent=record.active_leaf_id),
+                    NewMessage(
+                        "assistant",
+                        "",
+                        status="streaming",
+                        model=model,
+                        stream_id=ask.stream_id,
+                        parent="@prev",
+                    ),
+                ]
+
+            return await self.start_answer(user_id, conversation_id, plan, now, node=node)
+        most = self.limits.messages_per_conversation
+        question_id, answer_id = new_id(), new_id()
+        async with self._pg.driver() as pg:
+            rows = await pg.fetch(
+                hot.SEND_PG,
+                conversation_id,
+                user_id,
+                most,
+                now,
+                question_id,
+                answer_id,
+                ask.question,
+                list(ask.models),
+                ask.fallback,
+                ask.stream_id,
+                node,
+            )
+        loaded = hot.joined_records(rows, skip=2)
+        if loaded is None:
+            return None
+        record, found = loaded
+        count, model = rows[0][0], rows[0][1]
+        if count is None:
+            if record.message_count + 2 <= most:
+                return None  # deleted meanwhile
+            raise _limit_error(most)
+        question = MessageRecord(
+            question_id, conversation_id, record.active_leaf_id, count - 2, "user",
+            ask.question, "done", None, None, now, now,
+        )  # fmt: skip
+        answer = MessageRecord(
+            answer_id, conversation_id, question_id, count - 1, "assistant", "",
+            "streaming", model, ask.stream_id, now, now,
+        )  # fmt: skip
+        return AnswerStart(record, Tree(found), [question, answer])
+
     async def _start_answer_pg(
         self, user_id: str, conversation_id: str, plan: Plan, now: float, node: str | None
     ) -> AnswerStart | None:
-        loaded = await self.runner.run(
-            lambda conn: _load(conn, user_id, conversation_id), write=False
-        )
-        if loaded is None:
-            return None
-        record, tree = loaded[0], Tree(loaded[1])
-        new = plan(record, tree)
-        ids = [new_id() for _ in new]
-        records = []
-        previous: str | None = None
-        for i, item in enumerate(new):
-            records.append(
-                MessageRecord(
-                    id=ids[i],
-                    conversation_id=conversation_id,
-                    parent_id=previous if item.parent == "@prev" else item.parent,
-                    seq=i,  # made absolute below, from what the statement returns
-                    role=item.role,
-                    content=item.content,
-                    status=item.status,
-                    model=item.model,
-                    stream_id=item.stream_id,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            previous = ids[i]
-        rows = []
-        params: dict[str, Any] = {
-            "cid": conversation_id,
-            "uid": user_id,
-            "n": len(records),
-            "most": self.limits.messages_per_conversation,
-            "now": now,
-            "leaf": ids[-1],
-        }
-        for i, r in enumerate(records):
-            rows.append(
-                f"(CAST(:id{i} AS VARCHAR), CAST(:parent{i} AS VARCHAR), {i}, "
-                f"CAST(:role{i} AS VARCHAR), CAST(:content{i} AS TEXT), "
-                f"CAST(:status{i} AS VARCHAR), CAST(:model{i} AS VARCHAR), "
-                f"CAST(:stream{i} AS VARCHAR), CAST(:node{i} AS VARCHAR))"
-            )
-            params.update(
-                {
-                    f"id{i}": r.id,
-                    f"parent{i}": r.parent_id,
-                    f"role{i}": r.role,
-                    f"content{i}": r.content,
-                    f"status{i}": r.status,
-                    f"model{i}": r.model,
-                    f"stream{i}": r.stream_id,
-                    f"node{i}": node if r.status == "streaming" else None,
-                }
-            )
-        statement = sa.text(
-            "WITH u AS (UPDATE conversations SET message_count = message_count + :n,"
-            " updated_at = :now, active_leaf_id = :leaf"
-            " WHERE id = :cid AND user_id = :uid AND message_count + :n <= :most"
-            " RETURNING message_count)"
-            " INSERT INTO messages (id, conversation_id, parent_id, seq, role, content, status,"
-            " model, stream_id, created_at, updated_at, node)"
-            " SELECT v.id, :cid, v.parent_id, u.message_count - :n + v.i, v.role, v.content,"
-            " v.status, v.model, v.stream_id, :now, :now, v.node"
-            f" FROM u, (VALUES {', '.join(rows)})"
-            " AS v(id, parent_id, i, role, content, status, model, stream_id, node)"
-            " RETURNING id, seq"
-        )
-
-        def op(conn: Connection) -> dict[str, int]:
-            return {row[0]: row[1] for row in conn.execute(statement, params)}
-
-        seqs = await self.runner.run(op, write=True, single=True)
-        if not seqs:
-            if await self.get(user_id, conversation_id) is None:
+        assert self._pg is not None
+        most = self.limits.messages_per_conversation
+        async with self._pg.driver() as pg:
+            loaded = await _load_pg(pg, user_id, conversation_id)
+            if loaded is None:
                 return None
-            most = self.limits.messages_per_conversation
-            raise ConversationLimit(
-                f"This conversation already holds {most} messages; start a new one",
-                {"limit": "messagesPerConversation", "max": most},
-            )
+            record, tree = loaded[0], Tree(loaded[1])
+            records = _new_records(conversation_id, plan(record, tree), now)
+            args: list[Any] = [conversation_id, user_id, len(records), most, now, records[-1].id]
+            for r in records:
+                args += (r.id, r.parent_id, r.role, r.content, r.status, r.model, r.stream_id)
+                args.append(node if r.status == "streaming" else None)
+            seqs = dict(list(await pg.fetch(hot.append_pg(len(records)), *args)))
+            if not seqs:
+                if await pg.fetchrow(hot.LOAD_CONVERSATION, conversation_id, user_id) is None:
+                    return None
+                raise _limit_error(most)
         for r in records:
             r.seq = seqs[r.id]
         return AnswerStart(record, tree, records)
@@ -564,20 +583,18 @@ class SqlConversationStore:
         finish_reason: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        stmt = (
-            messages.update()
-            .where(messages.c.id == message_id)
-            .values(
-                content=content,
-                status=status,
-                updated_at=now,
-                usage=usage,
-                finish_reason=finish_reason,
-                result=result,
-                node=None,
-            )
-        )
-        await self.runner.run(lambda conn: conn.execute(stmt), write=True, single=True)
+        args = (content, status, now, hot.dumps(usage), finish_reason, hot.dumps(result))
+        if self._pg is not None:
+            async with self._pg.driver() as pg:
+                await pg.execute(hot.FINISH, *args, message_id)
+            return
+
+        def op(conn: Connection) -> None:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute(_SQLITE_FINISH, (*args, message_id))
+
+        await self.runner.run(op, write=True)
 
     async def fork(
         self, user_id: str, conversation_id: str, message_id: str, now: float

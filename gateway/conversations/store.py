@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STATUSES",
     "AnswerStart",
+    "Ask",
     "ConversationRecord",
     "ConversationStore",
     "MessageRecord",
@@ -115,6 +116,18 @@ class AnswerStart:
     added: list[MessageRecord]
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question appended under the active leaf with its answer's ``streaming``
+    placeholder (:meth:`ConversationStore.start_send`)."""
+
+    question: str
+    stream_id: str
+    models: tuple[str, ...]
+    """Models that can answer: the conversation's own if it is one, else ``fallback``."""
+    fallback: str
+
+
 Plan = Callable[[ConversationRecord, "Tree"], list[NewMessage]]
 """Chooses the messages to append, given the conversation as stored (may raise)."""
 
@@ -198,6 +211,13 @@ class ConversationStore(Protocol):
     ) -> AnswerStart | None:
         """Read the conversation and its tree, append what ``plan(record, tree)`` returns
         (None: not found). The answer's history is the tree that was read."""
+        ...
+
+    async def start_send(
+        self, user_id: str, conversation_id: str, ask: Ask, now: float, *, node: str | None
+    ) -> AnswerStart | None:
+        """``start_answer`` for the commonest plan, a question under the active leaf, which
+        a store may run in fewer round trips (PostgreSQL: one)."""
         ...
 
     async def finish_message(

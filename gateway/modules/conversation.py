@@ -281,12 +281,7 @@ class ConversationModule(Module):
     @relayed
     async def send(self, conversationId: str, message: str) -> AsyncGenerator[str | Final, None]:
         """Stream an answer to ``message``, appended to the active branch."""
-        question = self.chat._message(message).content
-
-        def choose(record: ConversationRecord, tree: Tree) -> Turn:
-            return Turn(record.active_leaf_id, question, new=True)
-
-        return await self.answers.open(conversationId, choose)
+        return await self.answers.open(conversationId, ask=self.chat._message(message).content)
 
     @exposed("edit")
     @relayed

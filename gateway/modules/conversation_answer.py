@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from gateway.config import ConversationsConfig
 from gateway.context import current_user
 from gateway.conversations.sql import new_id
-from gateway.conversations.store import ConversationRecord, ConversationStore, NewMessage
+from gateway.conversations.store import Ask, ConversationRecord, ConversationStore, NewMessage
 from gateway.conversations.tree import Tree
 from gateway.errors import ConversationBusy, ConversationNotFound, GatewayError
 from gateway.jsonrpc.registry import Final, Reasoning
@@ -137,12 +137,18 @@ class Answerer:
         return kept, len(turns) - len(kept)
 
     async def open(
-        self, conversation_id: str, choose: Callable[[ConversationRecord, Tree], Turn]
+        self,
+        conversation_id: str,
+        choose: Callable[[ConversationRecord, Tree], Turn] | None = None,
+        *,
+        ask: str | None = None,
     ) -> AsyncGenerator[str | Final, None]:
         """Store the question and the answer's placeholder, then return the answer's stream.
 
         ``choose`` picks, from the conversation as stored, where the new messages go (it
-        may raise, e.g. MessageNotFound). Serve the stream through :func:`relayed`.
+        may raise, e.g. MessageNotFound); or ``ask``: a new question under the active leaf
+        (a send, which the store may write in one round trip). Serve the stream through
+        :func:`relayed`.
         """
         user = current_user()
         if conversation_id in self._busy:
@@ -156,6 +162,7 @@ class Answerer:
 
             def plan(record: ConversationRecord, tree: Tree) -> list[NewMessage]:
                 # Runs inside the store's transaction (maybe on its thread): pure work only.
+                assert choose is not None
                 turn = choose(record, tree)
                 model = record.model if self.chat.router.get(record.model) else fallback_model
                 chosen.update(turn=turn, model=model)
@@ -174,9 +181,18 @@ class Answerer:
                 )
                 return rows
 
-            task = asyncio.ensure_future(
-                self.store.start_answer(user.id, conversation_id, plan, time.time(), node=self.node)
-            )
+            now = time.time()
+            if ask is not None:
+                models = tuple(self.chat.router.names())
+                request = self.store.start_send(
+                    user.id, conversation_id, Ask(ask, stream_id, models, fallback_model), now,
+                    node=self.node,
+                )  # fmt: skip
+            else:
+                request = self.store.start_answer(
+                    user.id, conversation_id, plan, now, node=self.node
+                )
+            task = asyncio.ensure_future(request)
             try:
                 started = await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -196,7 +212,11 @@ class Answerer:
             if started is None:
                 raise ConversationNotFound(data={"conversationId": conversation_id})
             record, tree, added = started.record, started.tree, started.added
-            turn: Turn = chosen["turn"]
+            if ask is not None:
+                turn = Turn(added[0].parent_id, ask, new=True)
+                model = added[-1].model or fallback_model
+            else:
+                turn, model = chosen["turn"], chosen["model"]
             history_leaf = (
                 turn.parent_id if turn.new else tree.by_id[turn.parent_id or ""].parent_id
             )
@@ -210,7 +230,7 @@ class Answerer:
         except BaseException:
             self._busy.discard(conversation_id)
             raise
-        return self._stream(record, chosen["model"], turn.question, history, ids, left_out)
+        return self._stream(record, model, turn.question, history, ids, left_out)
 
     async def _stream(
         self,
