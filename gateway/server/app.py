@@ -58,6 +58,8 @@ from gateway.sessions.store import SessionStore
 from gateway.streams.hub import StreamHub
 from gateway.streams.memory import MemoryStreamLog
 from gateway.streams.module import StreamModule
+from gateway.streams.protocol import StreamLog
+from gateway.streams.redis import RedisStreamLog
 
 __all__ = ["Gateway", "SharedState", "shared_state"]
 
@@ -188,11 +190,22 @@ class Gateway:
         self.streams: StreamHub | None = None
         if config.streams.enabled:
             cfg_streams = config.streams
-            stream_log = MemoryStreamLog(
-                max_pieces=cfg_streams.max_pieces,
-                max_chars=cfg_streams.max_chars,
-                done_ttl=cfg_streams.done_ttl,
-            )
+            stream_log: StreamLog
+            if self.link is not None:
+                # Shared: any process resumes (and cancels) what any other produces.
+                stream_log = RedisStreamLog(
+                    self.link,
+                    max_pieces=cfg_streams.max_pieces,
+                    max_chars=cfg_streams.max_chars,
+                    done_ttl=cfg_streams.done_ttl,
+                    lease_seconds=config.sessions.lease_seconds,
+                )
+            else:
+                stream_log = MemoryStreamLog(
+                    max_pieces=cfg_streams.max_pieces,
+                    max_chars=cfg_streams.max_chars,
+                    done_ttl=cfg_streams.done_ttl,
+                )
             self.streams = StreamHub(
                 stream_log,
                 resume_grace=cfg_streams.resume_grace,

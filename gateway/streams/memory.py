@@ -149,6 +149,11 @@ class MemoryStreamLog:
         self._done.append((time.monotonic() + self.done_ttl, stream_id))
         log.wake()
 
+    def first_kept(self, stream_id: str) -> int:
+        """The oldest position still kept of a stream (0 until it was trimmed)."""
+        log = self._logs.get(stream_id)
+        return 0 if log is None else log.first
+
     # Reader
 
     async def info(self, stream_id: str) -> StreamInfo | None:
