@@ -406,12 +406,19 @@ class Gateway:
         deadline = loop.time() + timeout
         busy = sum(1 for conn in self.connections if conn.session.inflight)
         telemetry.drain("draining", connections=len(self.connections), busy=busy)
+        # With a shared stream log, a streaming answer needs no socket here: its client
+        # resumes on another process while this one finishes generating it into the log.
+        shared = self.streams is not None and self.streams.shared
         while self.connections and loop.time() < deadline:
             for conn in self.connections:
-                if not conn.session.inflight:
+                session = conn.session
+                if not (session.inflight_unlogged if shared else session.inflight):
                     conn.close_soon(CloseCode.SERVICE_RESTART, "server restarting; reconnect")
             await asyncio.sleep(DRAIN_POLL)
-        if self.connections:
+        if self.streams is not None and self.streams.running:
+            telemetry.drain("streams", streams=self.streams.running)
+            await self.streams.wait_idle(deadline - loop.time())
+        if self.connections or (self.streams is not None and self.streams.running):
             telemetry.drain("timeout", logging.WARNING, connections=len(self.connections))
         await self.stop()
 

@@ -113,6 +113,11 @@ class StreamHub:
         stream_log.watch_cancels(self._cancel_here)
 
     @property
+    def shared(self) -> bool:
+        """Other processes read this log (they can resume what this one produces)."""
+        return self.log.shared
+
+    @property
     def running(self) -> int:
         """Streams this process is producing now."""
         return len(self._runs)

@@ -49,6 +49,8 @@ class _Log:
 class MemoryStreamLog:
     """:class:`~gateway.streams.protocol.StreamLog` for one process."""
 
+    shared = False
+
     def __init__(
         self,
         *,

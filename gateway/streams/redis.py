@@ -161,6 +161,8 @@ class _Pending:
 class RedisStreamLog:
     """:class:`~gateway.streams.protocol.StreamLog` shared by every process on one Redis."""
 
+    shared = True
+
     def __init__(
         self,
         link: RedisLink,
