@@ -240,8 +240,14 @@ STREAMS = _metric(
 STREAMS_DETACHED = _metric(
     Gauge,
     "gateway_streams_detached",
-    "Streams running with no connection attached (0 until resumable streams exist)",
+    "Streams still running after the connection that asked went away",
     multiprocess_mode="livesum",
+)
+RESUMES = _metric(
+    Counter,
+    "gateway_stream_resumes",
+    "stream.resume calls by outcome: resumed, not_found, gap",
+    ["outcome"],
 )
 
 # Models (OpenTelemetry GenAI semantic conventions, Prometheus spelling)
@@ -438,6 +444,20 @@ def stream_started(model: str) -> None:
 def stream_ended(model: str) -> None:
     """An answer of ``model`` ended (however it ended)."""
     _child(STREAMS, model).dec()
+
+
+def stream_detached() -> None:
+    """A stream's connection went away; it goes on (resumable)."""
+    STREAMS_DETACHED.inc()
+
+
+def detached_stream_ended() -> None:
+    STREAMS_DETACHED.dec()
+
+
+def stream_resume(outcome: str) -> None:
+    """A ``stream.resume`` call: ``resumed``, ``not_found`` or ``gap``."""
+    _child(RESUMES, outcome).inc()
 
 
 _ERROR_KINDS = {

@@ -1,4 +1,5 @@
-"""The StreamLog contract, run against every implementation (memory; Redis slots in here)."""
+"""The StreamLog contract, run against every implementation: memory, and Redis read by another
+instance than the one writing (as another process would)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,57 @@ from typing import Any
 import pytest
 
 from gateway.errors import StreamGap, StreamNotFound
+from gateway.sessions.redislink import RedisLink
 from gateway.streams.memory import MemoryStreamLog
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
+from gateway.streams.redis import RedisStreamLog
+from tests.redis_support import TEST_REDIS_TIMEOUT, redis_server, redis_url
 
 TIMEOUT = 5.0
 
 MakeLog = Callable[..., StreamLog]
+__all__ = ["redis_server", "redis_url"]  # fixtures
 
 
-@pytest.fixture(params=["memory"])
-def make_log(request: pytest.FixtureRequest) -> MakeLog:
+class Split:
+    """Two Redis stream logs as two processes: one writes, the other reads (what another
+    process sees, through Redis only: the writer's own copy is never read)."""
+
+    def __init__(self, writer: RedisStreamLog, reader: RedisStreamLog) -> None:
+        self.writer, self.reader = writer, reader
+        self.create, self.append, self.finish = writer.create, writer.append, writer.finish
+        self.info, self.read, self.list = reader.info, reader.read, reader.list
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+        await self.reader.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_log(request: pytest.FixtureRequest) -> AsyncIterator[MakeLog]:
     """A factory of empty logs with the given limits, for each implementation."""
+    made: list[Any] = []
 
     def memory(**limits: Any) -> StreamLog:
         return MemoryStreamLog(**limits)
 
-    return {"memory": memory}[request.param]
+    def redis(**limits: Any) -> StreamLog:
+        url = request.getfixturevalue("redis_url")
+        limits.pop("max_streams", None)
+        limits.pop("max_total_chars", None)
+        pair = [RedisStreamLog(RedisLink(url, timeout=TEST_REDIS_TIMEOUT), **limits) for _ in "ab"]
+        split = Split(*pair)
+        made.append(split)
+        return split  # type: ignore[return-value]
+
+    factory = {"memory": memory, "redis": redis}[request.param]
+    if request.param == "redis":
+        request.getfixturevalue("redis_url")
+    yield factory
+    for log in made:
+        await log.aclose()
+        for side in (log.writer, log.reader):
+            await side._link.aclose()
 
 
 async def new_stream(log: StreamLog, user: str = "alice") -> str:

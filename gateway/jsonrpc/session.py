@@ -202,6 +202,8 @@ class RpcSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         """Every task this session started (close() cancels all but the producers)."""
         self._producers: set[asyncio.Task[Any]] = set()
+        self._relays: set[asyncio.Task[Any]] = set()
+        """Calls relaying a logged stream (stream.resume): a client can resume them elsewhere."""
         """Calls producing a logged stream: close() leaves them running (the stream log's)."""
         self._units: set[asyncio.Task[Any]] = set()
         """Tasks counted by ``max_inflight``: one per single call, one per batch."""
@@ -503,6 +505,10 @@ class RpcSession:
         """Relay a logged stream's pieces after ``after`` as this call's deltas, then its result."""
         assert self._streams is not None
         call.stream_id = stream_id
+        task = asyncio.current_task()
+        if task is not None:
+            self._relays.add(task)
+            task.add_done_callback(self._relays.discard)
         if call.cancel_requested:
             self._streams.cancel(stream_id)
         head = b',"streamId":' + orjson.dumps(stream_id)
@@ -543,6 +549,12 @@ class RpcSession:
     def inflight(self) -> int:
         """Tasks running: one per call, plus one per batch."""
         return len(self._tasks)
+
+    @property
+    def inflight_unlogged(self) -> int:
+        """:attr:`inflight` less the calls producing or relaying a logged stream (their
+        client can resume them on another process)."""
+        return len(self._tasks) - len(self._producers) - len(self._relays)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         """Cancel everything in flight and wait for it; only streams being logged go on."""

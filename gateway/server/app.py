@@ -58,6 +58,8 @@ from gateway.sessions.store import SessionStore
 from gateway.streams.hub import StreamHub
 from gateway.streams.memory import MemoryStreamLog
 from gateway.streams.module import StreamModule
+from gateway.streams.protocol import StreamLog
+from gateway.streams.redis import RedisStreamLog
 
 __all__ = ["Gateway", "SharedState", "shared_state"]
 
@@ -191,11 +193,22 @@ class Gateway:
         self.streams: StreamHub | None = None
         if config.streams.enabled:
             cfg_streams = config.streams
-            stream_log = MemoryStreamLog(
-                max_pieces=cfg_streams.max_pieces,
-                max_chars=cfg_streams.max_chars,
-                done_ttl=cfg_streams.done_ttl,
-            )
+            stream_log: StreamLog
+            if self.link is not None:
+                # Shared: any process resumes (and cancels) what any other produces.
+                stream_log = RedisStreamLog(
+                    self.link,
+                    max_pieces=cfg_streams.max_pieces,
+                    max_chars=cfg_streams.max_chars,
+                    done_ttl=cfg_streams.done_ttl,
+                    lease_seconds=config.sessions.lease_seconds,
+                )
+            else:
+                stream_log = MemoryStreamLog(
+                    max_pieces=cfg_streams.max_pieces,
+                    max_chars=cfg_streams.max_chars,
+                    done_ttl=cfg_streams.done_ttl,
+                )
             self.streams = StreamHub(
                 stream_log,
                 resume_grace=cfg_streams.resume_grace,
@@ -396,12 +409,19 @@ class Gateway:
         deadline = loop.time() + timeout
         busy = sum(1 for conn in self.connections if conn.session.inflight)
         telemetry.drain("draining", connections=len(self.connections), busy=busy)
+        # With a shared stream log, a streaming answer needs no socket here: its client
+        # resumes on another process while this one finishes generating it into the log.
+        shared = self.streams is not None and self.streams.shared
         while self.connections and loop.time() < deadline:
             for conn in self.connections:
-                if not conn.session.inflight:
+                session = conn.session
+                if not (session.inflight_unlogged if shared else session.inflight):
                     conn.close_soon(CloseCode.SERVICE_RESTART, "server restarting; reconnect")
             await asyncio.sleep(DRAIN_POLL)
-        if self.connections:
+        if self.streams is not None and self.streams.running:
+            telemetry.drain("streams", streams=self.streams.running)
+            await self.streams.wait_idle(deadline - loop.time())
+        if self.connections or (self.streams is not None and self.streams.running):
             telemetry.drain("timeout", logging.WARNING, connections=len(self.connections))
         await self.stop()
 

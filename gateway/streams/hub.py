@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from gateway import metrics
 from gateway.context import current_user
-from gateway.errors import GatewayError, InternalError, StreamNotFound
+from gateway.errors import GatewayError, InternalError, StreamGap, StreamNotFound
 from gateway.jsonrpc.outbound import OutboundClosed
 from gateway.jsonrpc.registry import Final, Reasoning
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
@@ -50,6 +51,7 @@ class _Run:
         "attached",
         "cancelled",
         "head",
+        "interrupted",
         "readers",
         "room",
         "stream_id",
@@ -76,6 +78,8 @@ class _Run:
         """The look at other processes' followers when the grace ran out."""
         self.cancelled = False
         """The hub cancelled it (rpc.cancel, stream.cancel, grace, shutdown)."""
+        self.interrupted = False
+        """Cancelled by the shutdown: it ends ``finishReason: "interrupted"``."""
 
     def lag(self) -> int:
         return self.head - min(self.readers.values()) if self.readers else 0
@@ -104,7 +108,14 @@ class StreamHub:
         self.max_lag = max_lag
         self.node = node
         self._runs: dict[str, _Run] = {}
-        stream_log.watch_cancels(self.cancel)
+        self._requests: set[asyncio.Task[None]] = set()
+        """Cancel requests on their way to another process."""
+        stream_log.watch_cancels(self._cancel_here)
+
+    @property
+    def shared(self) -> bool:
+        """Other processes read this log (they can resume what this one produces)."""
+        return self.log.shared
 
     @property
     def running(self) -> int:
@@ -181,9 +192,14 @@ class StreamHub:
             if end is None:
                 end = StreamEnd({"finishReason": "stop"})
             if end.error is None and isinstance(end.result, dict):
-                end = StreamEnd({**end.result, "streamId": stream_id})
+                result = {**end.result, "streamId": stream_id}
+                if run.interrupted:
+                    result["finishReason"] = "interrupted"
+                end = StreamEnd(result)
             if run.timer is not None:
                 run.timer.cancel()
+            if not run.attached:
+                metrics.detached_stream_ended()
             self._runs.pop(stream_id, None)
             await self.log.finish(stream_id, end)
         return end
@@ -196,6 +212,7 @@ class StreamHub:
     def _detach(self, run: _Run) -> None:
         """The producing connection is gone: from now on the stream lives on followers."""
         run.attached = False
+        metrics.stream_detached()
         if not run.readers:
             self._arm(run)
 
@@ -215,7 +232,7 @@ class StreamHub:
                 run.timer.cancel()
                 run.timer = None
         try:
-            async for item in self.log.read(stream_id, after):
+            async for item in _counting_gaps(self.log.read(stream_id, after)):
                 yield item
                 if run is not None and isinstance(item, Piece):
                     run.readers[token] = item.pos
@@ -269,19 +286,38 @@ class StreamHub:
         return info
 
     def cancel(self, stream_id: str) -> bool:
-        """Stop the stream now (it ends ``finishReason: "cancelled"``); False if not running."""
+        """Stop the stream now (it ends ``finishReason: "cancelled"``): here if this process
+        produces it (False if it is not running), else by asking its owner (True)."""
         run = self._runs.get(stream_id)
-        return run is not None and self._cancel_run(run)
+        if run is not None:
+            return self._cancel_run(run)
+        task = asyncio.get_running_loop().create_task(self._request_cancel(stream_id))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+        return True
+
+    async def _request_cancel(self, stream_id: str) -> None:
+        try:
+            await self.log.request_cancel(stream_id)
+        except Exception:
+            log.warning("could not ask the owner of stream %s to cancel it", stream_id)
 
     async def cancel_owned(self, stream_id: str, user_id: str) -> bool:
         """:meth:`cancel` for ``stream.cancel``: only the owner's streams, on any process."""
         info = await self.owned(stream_id, user_id)
         if info.state != "running":
             return False
-        if self.cancel(stream_id):
-            return True
+        run = self._runs.get(stream_id)
+        if run is not None:
+            return self._cancel_run(run)
         await self.log.request_cancel(stream_id)
         return True
+
+    def _cancel_here(self, stream_id: str) -> None:
+        """Another process asks to stop one of ours (see StreamLog.watch_cancels)."""
+        run = self._runs.get(stream_id)
+        if run is not None:
+            self._cancel_run(run)
 
     def _cancel_run(self, run: _Run) -> bool:
         run.timer = None
@@ -291,17 +327,38 @@ class StreamHub:
         run.task.cancel()
         return True
 
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait until this process produces no stream (the drain), at most ``timeout`` s."""
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
+        if tasks and timeout > 0:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def close(self, *, timeout: float = 5.0) -> None:
-        """Cancel every stream this process produces and wait for their ends to be logged."""
+        """Stop every stream this process produces (they end ``interrupted``), wait for
+        their ends to be logged, then close the log."""
         runs = list(self._runs.values())
         tasks = [run.task for run in runs if run.task is not None]
         for run in runs:
+            run.interrupted = True
             self._cancel_run(run)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 log.error("stream task did not stop within %.1fs: %r", timeout, task)
+        if self._requests:
+            await asyncio.wait(list(self._requests), timeout=timeout)
         await self.log.aclose()
+
+
+async def _counting_gaps(
+    reader: AsyncIterator[Piece | StreamEnd],
+) -> AsyncGenerator[Piece | StreamEnd, None]:
+    try:
+        async for item in reader:
+            yield item
+    except StreamGap:
+        metrics.stream_resume("gap")
+        raise
 
 
 async def _ending(source: AsyncGenerator[Any, None]) -> StreamEnd:

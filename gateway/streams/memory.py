@@ -49,6 +49,8 @@ class _Log:
 class MemoryStreamLog:
     """:class:`~gateway.streams.protocol.StreamLog` for one process."""
 
+    shared = False
+
     def __init__(
         self,
         *,
@@ -148,6 +150,11 @@ class MemoryStreamLog:
         log.info.finish_reason = end.finish_reason
         self._done.append((time.monotonic() + self.done_ttl, stream_id))
         log.wake()
+
+    def first_kept(self, stream_id: str) -> int:
+        """The oldest position still kept of a stream (0 until it was trimmed)."""
+        log = self._logs.get(stream_id)
+        return 0 if log is None else log.first
 
     # Reader
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from gateway import metrics
 from gateway.context import current_user
-from gateway.errors import InvalidParams
+from gateway.errors import InvalidParams, StreamNotFound
 from gateway.jsonrpc.registry import Follow
 from gateway.modules.base import Module, exposed
 from gateway.streams.hub import StreamHub
@@ -22,7 +23,12 @@ class StreamModule(Module):
         """Replay your stream after position ``after`` (-1: from the start), then follow it live."""
         if after < -1:
             raise InvalidParams("after must be -1 or a position (the last seq you received)")
-        await self.hub.owned(streamId, current_user().id)
+        try:
+            await self.hub.owned(streamId, current_user().id)
+        except StreamNotFound:
+            metrics.stream_resume("not_found")
+            raise
+        metrics.stream_resume("resumed")
         return Follow(streamId, after)
 
     @exposed("cancel")

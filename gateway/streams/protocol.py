@@ -117,6 +117,9 @@ class StreamLog(Protocol):
     :meth:`watch_cancels`, :meth:`followed_elsewhere`. Lifecycle: :meth:`aclose`.
     """
 
+    shared: bool
+    """Whether other processes read it (resume there, cancel from there)."""
+
     async def create(self, info: StreamInfo) -> None:
         """Start the log of a new stream (state running, no pieces)."""
         ...

@@ -1,0 +1,560 @@
+"""The stream log in Redis: any process resumes a stream any other process produces.
+
+Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
+
+    <p>{st:<id>}:log     Redis Stream: entry <pos+1>-0 = {t: text[, k: kind]}, trimmed by
+                         MINID as the producer's own log is (max_pieces, max_chars)
+    <p>{st:<id>}:info    hash: u user, m method, c created, o owner, s running|done, n pieces,
+                         f finished at, r finish reason, e the end (JSON), x cancel asked
+    <p>{st:<id>}:fol     sorted set: followers on any process -> lease expiry (ms)
+    <p>{st:<id>}:live    pub/sub channel: each appended batch [first, [texts], [kinds]|null],
+                         and b"e" once the end is written
+    <p>{u:<id>}:streams  sorted set: the user's stream ids by creation time (for stream.list)
+    <p>{n:<owner>}:alive the owner process's lease (PX lease_seconds), renewed every lease/3
+    <p>{n:<owner>}:ctl   pub/sub channel: stream ids another process asks the owner to cancel
+
+**Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
+too (its local followers read that, no Redis), and buffers each appended piece;
+once per loop tick one pipeline runs the append script for every stream with
+pieces pending: ``XADD`` per piece and one ``PUBLISH`` of the batch, in one
+script, so the live order is the log order. The script skips positions already
+written, so a retried flush (a reply lost to a fault) writes nothing twice. While
+Redis is unreachable the pieces wait (bounded by ``max_pieces`` per stream) and go
+out when it is back; the producing connection is never held up by Redis.
+
+**Following** (another process): subscribe to ``live`` first, then read the log
+from the last position sent (``XRANGE`` with the info, one round trip), then
+take live batches, skipping positions already sent; a batch that starts past the
+next position, a lost pub/sub connection or a tail that overflowed means
+"read the log again". With no message for ``CHECK_EVERY`` seconds the follower
+reads the log and the info again: that also catches an end whose message was
+lost, and an owner that died: a running stream whose owner's ``alive`` key is
+missing at two looks ``lease_seconds / 2`` apart is ended ``interrupted``
+(one script, only if still running under that owner). **The window:** a killed
+producer's streams end ``interrupted`` at most ``1.5 × lease_seconds +
+CHECK_EVERY`` after its last renewal (24 s at the defaults).
+
+**Cancelling** from another process sets the ``x`` flag and publishes the id
+on the owner's control channel; the owner's heartbeat re-reads the flags of its
+running streams every ``lease_seconds / 3``, so a lost message delays a cancel
+by at most that long and never loses it.
+
+TTLs: running keys live ``running_ttl`` (renewed by every flush and heartbeat),
+finished ones ``done_ttl``. After a Redis restart that lost its data, the next
+flush writes the info again and the log continues from the next piece: a resume
+from before it gets -32041 (gap); a stream that had ended is unknown (-32040).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from gateway.errors import StoreUnavailable, StreamGap, StreamNotFound
+from gateway.node import node_id
+from gateway.sessions.redislink import RedisLink
+from gateway.streams.live import LiveFeed, stop_task
+from gateway.streams.memory import MemoryStreamLog
+from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
+
+__all__ = ["RedisStreamLog"]
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 1.0
+"""Seconds a follower waits for a live message before it reads the log and the info again."""
+READ_BATCH = 1000
+"""Log entries per ``XRANGE``."""
+OUTAGE_WAIT = 10.0
+"""Seconds a follower rides out a Redis outage before its call fails with -32020."""
+LIST_LIMIT = 50
+"""Streams ``stream.list`` returns (the newest)."""
+
+_APPEND = """
+-- KEYS: log, info. ARGV: channel, ttl ms, oldest entry id kept, batch message, user, method,
+-- created, owner, first position, count, then text and kind ('' for text) per piece.
+local have = tonumber(redis.call('HGET', KEYS[2], 'n') or '-1')
+if have == -1 then
+  redis.call('HSET', KEYS[2], 'u', ARGV[5], 'm', ARGV[6], 'c', ARGV[7], 'o', ARGV[8],
+             's', 'running', 'n', 0)
+  have = 0
+elseif redis.call('HGET', KEYS[2], 's') ~= 'running' then
+  return 0
+end
+local first = tonumber(ARGV[9])
+local count = tonumber(ARGV[10])
+for i = 0, count - 1 do
+  local pos = first + i
+  if pos >= have then
+    local text, kind = ARGV[11 + 2 * i], ARGV[12 + 2 * i]
+    if kind == '' then
+      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', text)
+    else
+      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', text, 'k', kind)
+    end
+  end
+end
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+if first + count > have then redis.call('HSET', KEYS[2], 'n', first + count) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[1], ARGV[4])
+return 1
+"""
+
+_FINISH = """
+-- KEYS: log, info, followers. ARGV: channel, done ttl ms, end, finished at, reason,
+-- user, method, created, owner, pieces.
+if redis.call('HGET', KEYS[2], 's') == 'done' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'u', ARGV[6], 'm', ARGV[7], 'c', ARGV[8], 'o', ARGV[9],
+             'n', ARGV[10])
+end
+redis.call('HSET', KEYS[2], 's', 'done', 'e', ARGV[3], 'f', ARGV[4], 'r', ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+redis.call('PUBLISH', ARGV[1], 'e')
+return 1
+"""
+
+_INTERRUPT = """
+-- KEYS: log, info, followers. ARGV: channel, owner, done ttl ms, end, finished at.
+if redis.call('HGET', KEYS[2], 's') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[2], 'o') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 's', 'done', 'e', ARGV[4], 'f', ARGV[5], 'r', 'interrupted')
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+redis.call('PUBLISH', ARGV[1], 'e')
+return 1
+"""
+
+_CANCEL = """
+-- KEYS: info. ARGV: control channel prefix, control channel suffix, stream id.
+if redis.call('HGET', KEYS[1], 's') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'x', '1')
+local owner = redis.call('HGET', KEYS[1], 'o')
+redis.call('PUBLISH', ARGV[1] .. owner .. ARGV[2], ARGV[3])
+return 1
+"""
+
+_INTERRUPTED = orjson.dumps({"r": {"finishReason": "interrupted"}})
+
+
+class _Pending:
+    """Pieces of one of our streams not yet written to Redis."""
+
+    __slots__ = ("first", "header", "kinds", "texts")
+
+    def __init__(self, first: int, header: list[Any]) -> None:
+        self.first = first
+        self.header = header
+        self.texts: list[str] = []
+        self.kinds: list[str] = []
+
+
+class RedisStreamLog:
+    """:class:`~gateway.streams.protocol.StreamLog` shared by every process on one Redis."""
+
+    shared = True
+
+    def __init__(
+        self,
+        link: RedisLink,
+        *,
+        # Limits
+        max_pieces: int = 10_000,
+        max_chars: int = 16 * 1024 * 1024,
+        # Timeouts (seconds)
+        done_ttl: float = 300.0,
+        lease_seconds: float = 15.0,
+        running_ttl: float | None = None,
+    ) -> None:
+        self._link = link
+        self.max_pieces = max_pieces
+        self.done_ttl = done_ttl
+        self.lease_seconds = lease_seconds
+        self.running_ttl = running_ttl or max(4 * lease_seconds, 60.0)
+        self._local = MemoryStreamLog(max_pieces=max_pieces, max_chars=max_chars, done_ttl=done_ttl)
+        self.owner = f"{node_id()}:{secrets.token_hex(4)}"
+        """This process start's name in Redis (a restarted worker never inherits it)."""
+        self._pending: dict[str, _Pending] = {}
+        self._headers: dict[str, list[Any]] = {}
+        """Our running streams -> [user, method, created, owner] (to re-create a lost info)."""
+        self._unfinished: dict[str, StreamEnd] = {}
+        """Ends not written yet (Redis was away): the heartbeat retries them."""
+        self._flush_task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._on_cancel: Callable[[str], object] = lambda _: None
+        self._append = link.script(_APPEND)
+        self._finish = link.script(_FINISH)
+        self._interrupt = link.script(_INTERRUPT)
+        self._cancel = link.script(_CANCEL)
+        self._live = LiveFeed(
+            link.url, self._node_key(self.owner, "ctl").encode(), self._control,
+            timeout=link.timeout,
+        )  # fmt: skip
+        self.round_trips = 0
+        """Redis round trips made for streams (pipelines count once), for the benchmark."""
+
+    # Keys
+
+    def _key(self, stream_id: str, name: str) -> str:
+        return self._link.key(f"st:{stream_id}", name)
+
+    def _node_key(self, owner: str, name: str) -> str:
+        return self._link.key(f"n:{owner}", name)
+
+    def _keys(self, stream_id: str) -> list[str]:
+        return [self._key(stream_id, name) for name in ("log", "info", "fol")]
+
+    async def _run(self, build: Callable[[Any], None]) -> list[Any]:
+        """One pipeline (``build`` queues its commands), through the link's outage handling."""
+        client = self._link.client
+
+        async def call() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            build(pipe)
+            return list(await pipe.execute())
+
+        self.round_trips += 1
+        return await self._link.run(call)
+
+    def _started(self) -> None:
+        if self._heartbeat is None:
+            self._live.start()
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    # Writer
+
+    async def create(self, info: StreamInfo) -> None:
+        self._started()
+        info.owner = self.owner
+        await self._local.create(info)
+        header = [info.user_id, info.method, repr(info.created_at), self.owner]
+        _, info_key, _ = self._keys(info.stream_id)
+        user_key = self._link.user_key(info.user_id, "streams")
+        ttl = int(self.running_ttl * 1000)
+        alive = self._node_key(self.owner, "alive")
+
+        def build(pipe: Any) -> None:
+            fields = dict(zip("umco", header, strict=True))
+            pipe.hset(info_key, mapping={**fields, "s": "running", "n": 0})
+            pipe.pexpire(info_key, ttl)
+            pipe.zadd(user_key, {info.stream_id: info.created_at})
+            pipe.expire(user_key, int(self.running_ttl + self.done_ttl))
+            pipe.set(alive, b"1", px=int(self.lease_seconds * 1000))
+
+        try:
+            await self._run(build)
+        except BaseException:
+            await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
+            raise
+        self._headers[info.stream_id] = header
+
+    def append(self, stream_id: str, text: str, kind: str = "text") -> int:
+        pos = self._local.append(stream_id, text, kind)
+        pending = self._pending.get(stream_id)
+        if pending is None:
+            pending = self._pending[stream_id] = _Pending(pos, self._headers[stream_id])
+        elif len(pending.texts) >= self.max_pieces:
+            # Redis away for long: keep the newest (a resume before them is a gap).
+            drop = len(pending.texts) // 4
+            del pending.texts[:drop], pending.kinds[:drop]
+            pending.first += drop
+        pending.texts.append(text)
+        pending.kinds.append("" if kind == "text" else kind)
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+        return pos
+
+    async def _flush(self) -> None:
+        """Write every pending piece, one pipeline per round; retry while Redis is away."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                try:
+                    await self._run(functools.partial(self._queue_appends, batch=batch))
+                except StoreUnavailable:
+                    for stream_id, newer in self._pending.items():
+                        older = batch.get(stream_id)
+                        if older is not None:
+                            older.texts += newer.texts
+                            older.kinds += newer.kinds
+                        else:
+                            batch[stream_id] = newer
+                    self._pending = batch
+                    await asyncio.sleep(0.5)
+        finally:
+            self._flush_task = None
+
+    def _queue_appends(self, pipe: Any, batch: dict[str, _Pending]) -> None:
+        ttl = int(self.running_ttl * 1000)
+        for stream_id, pending in batch.items():
+            # The same trimming as the local log's (max_pieces, max_chars).
+            oldest = f"{self._local.first_kept(stream_id) + 1}-0"
+            kinds = pending.kinds
+            plain = not any(kinds)
+            message = orjson.dumps([pending.first, pending.texts, None if plain else kinds])
+            args: list[Any] = [self._key(stream_id, "live"), ttl, oldest, message, *pending.header]
+            args += [pending.first, len(pending.texts)]
+            for text, kind in zip(pending.texts, kinds, strict=True):
+                args += (text, kind)
+            self._append.queue(pipe, self._keys(stream_id)[:2], args)
+
+    async def finish(self, stream_id: str, end: StreamEnd) -> None:
+        await self._local.finish(stream_id, end)
+        if stream_id not in self._headers:
+            return
+        try:
+            async with asyncio.timeout(self._link.timeout * 3):
+                await self._write_end(stream_id, end)
+        except (StoreUnavailable, TimeoutError):
+            self._unfinished[stream_id] = end  # the heartbeat writes it once Redis is back
+            log.warning("stream %s: end not written to Redis yet; retrying", stream_id)
+
+    async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
+        while self._flush_task is not None and stream_id in self._pending:
+            await asyncio.shield(self._flush_task)
+        header = self._headers[stream_id]
+        info = await self._local.info(stream_id)
+        pieces = info.pieces if info is not None else 0
+        encoded = orjson.dumps({"r": end.result, "x": end.error})
+        reason = end.finish_reason or ""
+        args = [self._key(stream_id, "live"), int(self.done_ttl * 1000), encoded, repr(time.time())]
+        args += [reason, *header, pieces]
+        await self._run(lambda pipe: self._finish.queue(pipe, self._keys(stream_id), args))
+        self._headers.pop(stream_id, None)
+        self._unfinished.pop(stream_id, None)
+
+    # Reader
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        local = await self._local.info(stream_id)
+        if local is not None:
+            return local
+        raw = (await self._run(lambda p: p.hgetall(self._key(stream_id, "info"))))[0]
+        return _info(stream_id, raw) if raw else None
+
+    async def read(self, stream_id: str, after: int) -> AsyncIterator[Piece | StreamEnd]:
+        if await self._local.info(stream_id) is not None:
+            async for item in self._local.read(stream_id, after):
+                yield item
+            return
+        self._started()
+        tail = await self._live.subscribe(self._key(stream_id, "live").encode())
+        token = secrets.token_hex(6)
+        try:
+            async for item in self._follow(stream_id, after, tail, token):
+                yield item
+        finally:
+            await self._live.unsubscribe(tail)
+            with contextlib.suppress(Exception):
+                await self._run(lambda p: p.zrem(self._key(stream_id, "fol"), token))
+
+    async def _follow(
+        self, stream_id: str, after: int, tail: Any, token: str
+    ) -> AsyncIterator[Piece | StreamEnd]:
+        last = after
+        owner_missing_since: float | None = None
+        log_key, info_key, fol_key = self._keys(stream_id)
+        loop = asyncio.get_running_loop()
+        while True:
+            # Read the log from the last position sent, with the info (one round trip).
+            tail.stale = False
+            tail.messages.clear()
+            start = f"{last + 2}-0"
+
+            def build(pipe: Any, start: str = start) -> None:
+                pipe.xrange(log_key, min=start, count=READ_BATCH)
+                pipe.hgetall(info_key)
+                pipe.zadd(fol_key, {token: int((time.time() + 3 * CHECK_EVERY) * 1000)})
+
+            entries, raw, _ = await self._ride_out(build)
+            if not raw:
+                raise StreamNotFound()
+            info = _info(stream_id, raw)
+            for entry_id, fields in entries:
+                pos = int(entry_id.split(b"-", 1)[0]) - 1
+                if pos != last + 1:
+                    raise StreamGap(data={"streamId": stream_id, "after": last, "firstSeq": pos})
+                yield Piece(pos, fields[b"t"].decode(), fields.get(b"k", b"text").decode())
+                last = pos
+            if len(entries) == READ_BATCH:
+                continue
+            if last + 1 < info.pieces and not entries:
+                gap = {"streamId": stream_id, "after": last, "firstSeq": info.pieces}
+                raise StreamGap(data=gap)
+            if info.state == "done":
+                if last + 1 >= info.pieces:
+                    yield _end(raw)
+                    return
+                continue
+            # Live: take batches until one does not follow on, or nothing comes for a while.
+            quiet = False
+            while True:
+                await tail.wait(CHECK_EVERY)
+                if tail.stale:
+                    break
+                if not tail.messages:
+                    quiet = True
+                    break
+                data = tail.messages.popleft()
+                if data == b"e":
+                    break
+                first, texts, kinds = orjson.loads(data)
+                if first > last + 1:
+                    break  # something was missed: read the log again
+                for i in range(max(0, last + 1 - first), len(texts)):
+                    yield Piece(first + i, texts[i], (kinds[i] or "text") if kinds else "text")
+                last = max(last, first + len(texts) - 1)
+            if quiet:
+                # Quiet for CHECK_EVERY: is the owner still there?
+                alive_key = self._node_key(info.owner, "alive")
+                alive = await self._ride_out(functools.partial(_exists, key=alive_key))
+                if alive[0]:
+                    owner_missing_since = None
+                elif owner_missing_since is None:
+                    owner_missing_since = loop.time()
+                elif loop.time() - owner_missing_since >= self.lease_seconds / 2:
+                    args = [self._key(stream_id, "live"), info.owner, int(self.done_ttl * 1000)]
+                    args += [_INTERRUPTED, repr(time.time())]
+                    await self._ride_out(
+                        functools.partial(
+                            self._interrupt.queue, keys=self._keys(stream_id), args=args
+                        )
+                    )
+
+    async def _ride_out(self, build: Callable[[Any], None]) -> list[Any]:
+        """:meth:`_run` for a follower: wait up to OUTAGE_WAIT for Redis before failing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OUTAGE_WAIT
+        while True:
+            try:
+                return await self._run(build)
+            except StoreUnavailable:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def list(self, user_id: str) -> list[StreamInfo]:
+        user_key = self._link.user_key(user_id, "streams")
+        ids = (await self._run(lambda p: p.zrevrange(user_key, 0, LIST_LIMIT - 1)))[0]
+        ids = [i.decode() for i in ids]
+        if not ids:
+            return []
+
+        def build(pipe: Any) -> None:
+            for stream_id in ids:
+                pipe.hgetall(self._key(stream_id, "info"))
+
+        rows = await self._run(build)
+        found = [_info(sid, raw) for sid, raw in zip(ids, rows, strict=True) if raw]
+        gone = [sid for sid, raw in zip(ids, rows, strict=True) if not raw]
+        if gone:
+            with contextlib.suppress(StoreUnavailable):
+                await self._run(lambda p: p.zrem(user_key, *gone))
+        return [info for info in found if info.user_id == user_id]
+
+    # Across processes
+
+    async def request_cancel(self, stream_id: str) -> None:
+        prefix, suffix = self._node_key("\0", "ctl").split("\0")
+        args = [prefix, suffix, stream_id]
+        await self._run(lambda p: self._cancel.queue(p, [self._key(stream_id, "info")], args))
+
+    def watch_cancels(self, on_cancel: Callable[[str], object]) -> None:
+        self._on_cancel = on_cancel
+
+    def _control(self, data: bytes) -> None:
+        self._on_cancel(data.decode())
+
+    async def followed_elsewhere(self, stream_id: str) -> bool:
+        fol = self._key(stream_id, "fol")
+        now = int(time.time() * 1000)
+        count = (await self._run(lambda p: p.zcount(fol, now, "+inf")))[0]
+        return bool(count)
+
+    async def _beat(self) -> None:
+        """Renew our lease and our running streams' TTLs, re-read their cancel flags, and
+        write ends Redis missed, every ``lease_seconds / 3``."""
+        alive = self._node_key(self.owner, "alive")
+        lease_ms = int(self.lease_seconds * 1000)
+        ttl = int(self.running_ttl * 1000)
+        while not self._stop.is_set():
+            running = [sid for sid in self._headers if sid not in self._unfinished]
+
+            def build(pipe: Any, running: list[str] = running) -> None:
+                pipe.set(alive, b"1", px=lease_ms)
+                for stream_id in running:
+                    log_key, info_key, _ = self._keys(stream_id)
+                    pipe.pexpire(log_key, ttl)
+                    pipe.pexpire(info_key, ttl)
+                    pipe.hget(info_key, "x")
+
+            try:
+                results = await self._run(build)
+                for stream_id, flag in zip(running, results[3::3], strict=True):
+                    if flag:
+                        self._on_cancel(stream_id)
+                for stream_id, end in list(self._unfinished.items()):
+                    await self._write_end(stream_id, end)
+            except StoreUnavailable:
+                pass  # logged by the link
+            except Exception:
+                log.exception("stream heartbeat failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease_seconds / 3):
+                    await self._stop.wait()
+
+    async def aclose(self) -> None:
+        if self._flush_task is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._link.timeout * 3):
+                    await asyncio.shield(self._flush_task)
+        for stream_id, end in list(self._unfinished.items()):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._link.timeout):
+                    await self._write_end(stream_id, end)
+        if self._heartbeat is not None:
+            # Stopped by a flag, not cancelled: redis-py's asyncio client has been seen to
+            # swallow a cancellation that arrives mid-command.
+            self._stop.set()
+            await stop_task(self._heartbeat, self._link.timeout * 3)
+            self._heartbeat = None
+            with contextlib.suppress(Exception):
+                await self._link.client.delete(self._node_key(self.owner, "alive"))
+        await self._live.aclose()
+
+
+def _exists(pipe: Any, key: str) -> None:
+    pipe.exists(key)
+
+
+def _info(stream_id: str, raw: dict[bytes, bytes]) -> StreamInfo:
+    def text(key: bytes) -> str:
+        return raw.get(key, b"").decode()
+
+    finished = text(b"f")
+    return StreamInfo(
+        stream_id=stream_id,
+        user_id=text(b"u"),
+        method=text(b"m"),
+        created_at=float(text(b"c") or 0),
+        state="done" if text(b"s") == "done" else "running",
+        pieces=int(text(b"n") or 0),
+        finished_at=float(finished) if finished else None,
+        finish_reason=text(b"r") or None,
+        owner=text(b"o"),
+    )
+
+
+def _end(raw: dict[bytes, bytes]) -> StreamEnd:
+    end = orjson.loads(raw.get(b"e", b"{}"))
+    return StreamEnd(end.get("r"), end.get("x"))
