@@ -11,6 +11,7 @@ streaming: after that the page shows the answer as stored, which would hide a du
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
+from websockets.sync.client import connect
 
 from tests.browser.conftest import GatewayProcess, free_port
 from tests.browser.helpers import (
@@ -351,4 +353,62 @@ def test_an_answer_the_restarted_gateway_lost_shows_interrupted(
         expect(answer(page).locator(".finish")).to_contain_text("Interrupted")
         assert body_text(answer(page)).strip() == done["text"].strip()
     finally:
+        server.stop()
+
+
+def stream_list(port: int, user: str) -> list[dict[str, Any]]:
+    """``stream.list`` for ``user``, asked over a connection of its own."""
+    with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        for request in (
+            {"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"token": f"tok-{user}"}},
+            {"jsonrpc": "2.0", "id": 2, "method": "stream.list"},
+        ):
+            ws.send(json.dumps(request))
+            while (frame := json.loads(ws.recv(timeout=15))).get("id") != request["id"]:
+                pass
+        return frame["result"]  # type: ignore[no-any-return]
+
+
+def test_a_gap_shows_the_answer_interrupted_until_it_is_stored(
+    open_page: Any, tmp_path: Path, chromium_path: Path
+) -> None:
+    config = write_config(tmp_path)
+    config.write_text(f"{SLOW_CONFIG}\n[streams]\nmax_pieces = 8\n")
+    server = GatewayProcess(free_port(), tmp_path, args=("--config", str(config)))
+    server.start()
+    cut = TcpProxy(server.port)
+    try:
+        page = recording_page(open_page)
+        sign_in(page, cut.base_url, "gina")
+        send(page, QUESTION)
+        started(page)
+        [asked] = calls(page, "conversation.send")
+        cut.down()
+        expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        seen = deltas(page, asked["id"])
+        # The log keeps 8 pieces: wait until what the page missed is no longer kept.
+        wait_for(
+            lambda: stream_list(server.port, "gina")[0]["lastSeq"] > seen[-1]["seq"] + 12,
+            "the stream went on past its log's length",
+            timeout=ANSWER_TIMEOUT / 1000,
+        )
+        cut.up()
+        [done] = finished(page)
+        # Resumed after its seq (a gap), then from the start (a gap too): interrupted, with
+        # exactly the text the first socket delivered.
+        params = [c["params"] for c in calls(page, "stream.resume")]
+        stream_id = seen[0]["streamId"]
+        assert params == [
+            {"streamId": stream_id, "after": seen[-1]["seq"]},
+            {"streamId": stream_id, "after": -1},
+        ]
+        assert done["finish"] == "error"
+        assert done["text"].strip() == "".join(d["text"] for d in seen).strip()
+        expect(page.locator(".message.streaming")).to_have_count(0)
+        # The gateway finishes and stores it meanwhile; the page then shows it whole.
+        expect(page.locator(f"{ANSWER}[data-finish=stop]")).to_have_count(1, timeout=ANSWER_TIMEOUT)
+        assert body_text(answer(page)).startswith(done["text"].strip())
+        assert "I am offline-slow." in body_text(answer(page))
+    finally:
+        cut.close()
         server.stop()

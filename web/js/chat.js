@@ -288,7 +288,7 @@ async function follow(s, call) {
     result = await call.promise;
   } catch (err) {
     if (s.detached) {
-      if (err.code !== "disconnected") streams.forget(conv.id);
+      if (err.code !== "disconnected") forgetLeft(conv);
       return;
     }
     if (msg.status !== "streaming" || state.streaming !== s) return;
@@ -324,7 +324,7 @@ async function follow(s, call) {
     return;
   }
   if (s.detached) {
-    streams.forget(conv.id);
+    forgetLeft(conv);
     conversations.refresh(); // it ended elsewhere; its title may be new
     return;
   }
@@ -334,6 +334,11 @@ async function follow(s, call) {
   finishStream(msg, { result });
   if (result.title) setConversation({ ...state.conversation, title: result.title });
   afterAnswer(conv, { known: s.known, assistantId: result.assistantMessageId || msg.id });
+}
+
+/** A left answer ended: forget it, unless its conversation is open and following it again. */
+function forgetLeft(conv) {
+  if (state.streaming?.conv?.id !== conv.id) streams.forget(conv.id);
 }
 
 /** The gateway no longer has the stream (it restarted, or the answer expired): keep the text. */
@@ -370,9 +375,10 @@ function followStored(view) {
   }
   const streamId = view.messages.find((m) => m.id === last.id)?.streamId;
   if (streamId && lostStreams.has(streamId)) {
+    // Still being written as far as the store knows (a gap): the poll shows it once stored.
     messages.stopStreaming(last);
     messages.applyResult(last, { finishReason: "error" });
-    return true;
+    return false;
   }
   if (!rec || !streamId || (rec.streamId && rec.streamId !== streamId)) return false;
   if (state.streaming || !conn.ready) return false;
