@@ -59,6 +59,7 @@ tokens_per_second = 0.0
 description = "Offline model with no delay."
 """
 ANSWER_TIMEOUT = 60_000
+REMEMBERED = "Object.keys(sessionStorage).filter(k => k.startsWith('gateway.stream.'))"
 
 # Runs in every document the page loads: each time an answer bubble stops streaming, keep
 # the text it shows then (the streamed text, before the stored one replaces it).
@@ -237,6 +238,7 @@ def started(pg: Page) -> None:
 
 
 def test_a_reload_mid_answer_continues_the_same_answer(open_page: Any, slow_gateway: Any) -> None:
+    """Reloaded mid-answer, the page replays the stream and ends with the uninterrupted text."""
     base = uninterrupted(open_page, slow_gateway.base_url, "alice")
     page = recording_page(open_page)
     sign_in(page, slow_gateway.base_url, "bob")
@@ -259,7 +261,7 @@ def test_a_reload_mid_answer_continues_the_same_answer(open_page: Any, slow_gate
     expect(answer(page)).to_have_attribute("data-finish", "stop")
     expect(answer(page).locator(".usage")).to_contain_text("tokens")
     expect(page.locator(".message.streaming")).to_have_count(0)
-    assert page.evaluate("Object.keys(sessionStorage).filter(k => k.startsWith('gateway.stream'))") == []
+    assert page.evaluate(REMEMBERED) == [], "the tab forgets an answer that ended"
     page.reload()
     expect_connected(page)
     wait_stored(page, 1)
@@ -270,6 +272,7 @@ def test_a_reload_mid_answer_continues_the_same_answer(open_page: Any, slow_gate
 def test_a_dropped_socket_resumes_after_the_last_seq(
     open_page: Any, slow_gateway: Any, proxy: TcpProxy
 ) -> None:
+    """Cut off mid-answer, the page resumes after the last seq it got: no text lost or doubled."""
     base = uninterrupted(open_page, slow_gateway.base_url, "carol")
     page = recording_page(open_page)
     sign_in(page, proxy.base_url, "dave")
@@ -297,6 +300,7 @@ def test_a_dropped_socket_resumes_after_the_last_seq(
 
 
 def test_stop_after_a_reload_stops_the_resumed_answer(open_page: Any, slow_gateway: Any) -> None:
+    """Stop on a resumed answer sends stream.cancel; the page keeps what the gateway kept."""
     page = recording_page(open_page)
     sign_in(page, slow_gateway.base_url, "erin")
     send(page, QUESTION)
@@ -331,6 +335,7 @@ def kill(server: GatewayProcess) -> None:
 def test_an_answer_the_restarted_gateway_lost_shows_interrupted(
     open_page: Any, tmp_path: Path, chromium_path: Path
 ) -> None:
+    """-32040 after the gateway was killed: interrupted, with the text it had, no spinner."""
     server = GatewayProcess(free_port(), tmp_path, args=("--config", str(write_config(tmp_path))))
     server.start()
     try:
@@ -372,6 +377,7 @@ def stream_list(port: int, user: str) -> list[dict[str, Any]]:
 def test_a_gap_shows_the_answer_interrupted_until_it_is_stored(
     open_page: Any, tmp_path: Path, chromium_path: Path
 ) -> None:
+    """-32041 after and from the start: interrupted with its text, then shown whole once stored."""
     config = write_config(tmp_path)
     config.write_text(f"{SLOW_CONFIG}\n[streams]\nmax_pieces = 8\n")
     server = GatewayProcess(free_port(), tmp_path, args=("--config", str(config)))

@@ -328,7 +328,6 @@ async function follow(s, call) {
     conversations.refresh(); // it ended elsewhere; its title may be new
     return;
   }
-  if (state.streaming !== s) return;
   if (s.userMsg && result.userMessageId) s.userMsg.id = result.userMessageId;
   if (result.assistantMessageId) msg.id = result.assistantMessageId;
   finishStream(msg, { result });
