@@ -101,7 +101,10 @@ async function onLogin(result, again) {
   els.userName.hidden = !name;
   showChat();
   updateControls();
-  if (again) announce("Connected again.");
+  if (again) {
+    announce("Connected again.");
+    chat.reconnected(); // an answer the old socket was delivering goes on where it stopped
+  }
   if (!again || document.activeElement === document.body) composer.focus();
   await models.load();
   conversations.refresh();

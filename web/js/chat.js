@@ -1,6 +1,7 @@
 // Asking and answering in a conversation kept on the gateway: open, send, edit a question,
 // regenerate an answer, switch versions, stop. The gateway builds the history from the stored
-// branch; after each answer the page shows the branch as stored.
+// branch; after each answer the page shows the branch as stored. An answer cut short by a
+// dropped socket or a reload of the page is resumed (`stream.resume`) into the same bubble.
 
 import * as composer from "./composer.js";
 import * as conversations from "./conversations.js";
@@ -8,6 +9,7 @@ import { CLOSE_REASONS, describeError, isAuthError } from "./errors.js";
 import * as messages from "./messages.js";
 import * as models from "./models.js";
 import * as settings from "./settings.js";
+import * as streams from "./streams.js";
 import { announce, showToastError } from "./ui.js";
 
 const CANCEL_GRACE_MS = 5_000;
@@ -19,12 +21,20 @@ const titleEl = document.getElementById("conversation-title");
 
 export const state = {
   conversation: null,
-  streaming: null, // {id, msg, cancelTimer, cancelled, detached}
+  streaming: null, // see newStream()
   opening: 0,
 };
 let conn = null;
 let changed = () => {};
 let pollTimer = 0;
+/**
+ * Streams the gateway said it no longer has (-32040) -> the text this page had of them: shown
+ * as interrupted, not resumed, and with that text while the stored message has less (nothing
+ * is stored per delta, so a gateway that died kept none of it).
+ */
+const lostStreams = new Map();
+/** Streams stopped while the socket was down: `stream.cancel` them once connected again. */
+const cancelLater = new Set();
 
 /** `onChange()` whenever the buttons may need updating. */
 export function attach(connection, onChange) {
@@ -53,10 +63,15 @@ export function idFromHash() {
 
 function show(view) {
   setConversation(view.conversation);
-  messages.showStored(view.messages || []);
+  messages.showStored((view.messages || []).map(withLostText));
   if (view.conversation?.model) models.show(view.conversation.model);
   changed();
-  schedulePoll(view);
+  if (!followStored(view)) schedulePoll(view);
+}
+
+function withLostText(m) {
+  const had = m.streamId && m.status !== "done" && lostStreams.get(m.streamId);
+  return had && had.content.length > (m.content || "").length ? { ...m, content: had.content } : m;
 }
 
 /**
@@ -148,9 +163,13 @@ export function newChat({ quiet = false } = {}) {
 // Answers
 
 function finishStream(msg, { result = null, error = null, interrupted = false } = {}) {
-  if (state.streaming && state.streaming.msg === msg) {
-    clearTimeout(state.streaming.cancelTimer);
-    if (state.streaming.id != null) conn.pending.delete(state.streaming.id);
+  const s = state.streaming;
+  if (s && s.msg === msg) {
+    clearTimeout(s.cancelTimer);
+    if (s.id != null) conn.pending.delete(s.id);
+    // Stopped while the socket was down: the gateway still writes it until told.
+    if (s.waiting && s.cancelled && s.streamId) cancelLater.add(s.streamId);
+    if (s.conv) streams.forget(s.conv.id);
     state.streaming = null;
     messages.setBusy(false);
   }
@@ -187,6 +206,52 @@ async function ensureConversation(s) {
 }
 
 /**
+ * A running answer shown in `msg`: `id` is the request that delivers it now (the asking call,
+ * or a `stream.resume` after a reconnect or reload), `streamId` and `seq` say where to resume.
+ */
+function newStream(msg, { conv = null, known = new Set(), userMsg = null } = {}) {
+  return {
+    id: null, msg, conv, known, userMsg, cancelTimer: 0, cancelled: false, detached: false,
+    streamId: null, seq: -1, resumed: false, waiting: false, replace: false, restarted: false,
+  };
+}
+
+function onDelta(s, delta) {
+  const msg = s.msg;
+  if (msg.status !== "streaming" || s.detached) return;
+  if (typeof delta.streamId === "string" && !s.streamId) s.streamId = delta.streamId;
+  if (Number.isInteger(delta.seq)) {
+    if (delta.seq <= s.seq) return; // already shown (seq is the position of a frame's last piece)
+    s.seq = delta.seq;
+  }
+  if (s.replace) {
+    // A replay from the start: what it shows replaces what was shown.
+    s.replace = false;
+    msg.content = "";
+    msg.reasoning = "";
+  }
+  if (typeof delta.reasoning === "string") msg.reasoning += delta.reasoning;
+  if (typeof delta.text === "string") msg.content += delta.text;
+  if (s.conv) streams.remember(s.conv.id, s.streamId, s.seq);
+  messages.scheduleRender(msg);
+}
+
+/** Follow `s` with `stream.resume` from after `after` (-1: the whole answer again). */
+function resumeCall(s, after) {
+  s.resumed = true;
+  if (after < 0) {
+    s.seq = -1;
+    s.replace = true;
+  }
+  return conn.call("stream.resume", { streamId: s.streamId, after }, (delta) => onDelta(s, delta));
+}
+
+function sendCancel(s) {
+  if (s.resumed && s.streamId) conn.rpc("stream.cancel", { streamId: s.streamId }).catch(() => {});
+  else if (s.id != null) conn.notify("rpc.cancel", { id: s.id });
+}
+
+/**
  * Stream `method` into a new answer view placed after the shown messages.
  * `params(conversationId)` builds the call's params once the conversation exists.
  */
@@ -196,7 +261,7 @@ async function answer(method, params, { question = null } = {}) {
   const msg = messages.add("assistant");
   messages.startStreaming(msg);
   announce("Answering…");
-  const s = { id: null, msg, cancelTimer: 0, cancelled: false, detached: false };
+  const s = newStream(msg, { known, userMsg });
   state.streaming = s;
   messages.setBusy(true);
   changed();
@@ -208,42 +273,123 @@ async function answer(method, params, { question = null } = {}) {
     return;
   }
   if (s.detached) return; // left before it was asked: nothing to answer
-  const call = conn.call(method, params(conv.id), (delta) => {
-    if (msg.status !== "streaming" || s.detached) return;
-    if (typeof delta.reasoning === "string") msg.reasoning += delta.reasoning;
-    if (typeof delta.text === "string") msg.content += delta.text;
-    messages.scheduleRender(msg);
-  });
+  s.conv = conv;
+  streams.remember(conv.id, null, -1); // a reload before the first delta finds it too
+  follow(s, conn.call(method, params(conv.id), (delta) => onDelta(s, delta)));
+}
+
+/** Wait for the final result of `call`, the request now delivering `s`, and show it. */
+async function follow(s, call) {
+  const { msg, conv } = s;
   s.id = call.id;
-  if (s.cancelled) conn.notify("rpc.cancel", { id: s.id });
+  if (s.cancelled) sendCancel(s);
   let result;
   try {
     result = await call.promise;
   } catch (err) {
-    if (s.detached) return;
-    if (msg.status !== "streaming") return;
+    if (s.detached) {
+      if (err.code !== "disconnected") forgetLeft(conv);
+      return;
+    }
+    if (msg.status !== "streaming" || state.streaming !== s) return;
+    if (err.code === "disconnected" && s.streamId) {
+      // The gateway goes on writing it: resume once signed in again (reconnected()).
+      s.id = null;
+      s.waiting = true;
+      return;
+    }
+    if (s.resumed && err.code === -32041 && !s.restarted) {
+      s.restarted = true;
+      follow(s, resumeCall(s, -1)); // the part after our seq is gone: take the whole answer again
+      return;
+    }
+    if (s.resumed && (err.code === -32040 || err.code === -32041 || err.code === -32601)) {
+      lost(s, err);
+      return;
+    }
     if (err.code === "disconnected" && msg.content) {
       finishStream(msg, { result: { finishReason: "error" } });
       messages.showError(msg, describeError(err));
     } else {
       finishStream(msg, { error: err });
     }
+    // Lost before its first delta: once connected again, the stored answer may still be
+    // written, and showing the conversation then follows it (followStored).
+    if (err.code === "disconnected") streams.remember(conv.id, null, -1);
     if (isAuthError(err)) {
       conn.signOut(err.code === -32002 ? CLOSE_REASONS[4501] : CLOSE_REASONS[4500]);
       return;
     }
-    if (err.code !== "disconnected") afterAnswer(conv, { known, failed: true });
+    if (err.code !== "disconnected") afterAnswer(conv, { known: s.known, failed: true });
     return;
   }
   if (s.detached) {
+    forgetLeft(conv);
     conversations.refresh(); // it ended elsewhere; its title may be new
     return;
   }
-  if (userMsg && result.userMessageId) userMsg.id = result.userMessageId;
+  if (s.userMsg && result.userMessageId) s.userMsg.id = result.userMessageId;
   if (result.assistantMessageId) msg.id = result.assistantMessageId;
   finishStream(msg, { result });
   if (result.title) setConversation({ ...state.conversation, title: result.title });
-  afterAnswer(conv, { known, assistantId: result.assistantMessageId });
+  afterAnswer(conv, { known: s.known, assistantId: result.assistantMessageId || msg.id });
+}
+
+/** A left answer ended: forget it, unless its conversation is open and following it again. */
+function forgetLeft(conv) {
+  if (state.streaming?.conv?.id !== conv.id) streams.forget(conv.id);
+}
+
+/** The gateway no longer has the stream (it restarted, or the answer expired): keep the text. */
+function lost(s, err) {
+  lostStreams.set(s.streamId, { content: s.msg.content });
+  finishStream(s.msg, { result: { finishReason: "error" } });
+  messages.showError(s.msg, describeError(err));
+  conversations.refresh();
+  reload({ force: true }); // as stored (the gateway marks it interrupted), with the text kept
+}
+
+/** Signed in again on a new socket: resume the answer the old one was delivering. */
+export function reconnected() {
+  for (const streamId of cancelLater) conn.rpc("stream.cancel", { streamId }).catch(() => {});
+  cancelLater.clear();
+  const s = state.streaming;
+  if (!s || !s.waiting || s.detached) return;
+  s.waiting = false;
+  follow(s, resumeCall(s, s.seq));
+}
+
+/**
+ * After `view` was shown: when its last answer is still being written and this tab asked for
+ * it (before a reload, or before the socket dropped early), show the rest as it comes.
+ * Another tab's answer is left to the poll. True when it follows one.
+ */
+function followStored(view) {
+  const conv = view.conversation;
+  const last = messages.last();
+  const rec = conv ? streams.recall(conv.id) : null;
+  if (!conv || !last || last.role !== "assistant" || last.status !== "streaming") {
+    if (rec && !state.streaming) streams.forget(conv.id);
+    return false;
+  }
+  const streamId = view.messages.find((m) => m.id === last.id)?.streamId;
+  if (streamId && lostStreams.has(streamId)) {
+    // Still being written as far as the store knows (a gap): the poll shows it once stored.
+    messages.stopStreaming(last);
+    messages.applyResult(last, { finishReason: "error" });
+    return false;
+  }
+  if (!rec || !streamId || (rec.streamId && rec.streamId !== streamId)) return false;
+  if (state.streaming || !conn.ready) return false;
+  const known = new Set(messages.shown.filter((m) => m !== last && m.id).map((m) => m.id));
+  const s = newStream(last, { conv, known });
+  s.streamId = streamId;
+  state.streaming = s;
+  messages.setBusy(true);
+  changed();
+  streams.remember(conv.id, streamId, -1);
+  follow(s, resumeCall(s, -1)); // nothing of it is stored yet (no write per delta): replay it all
+  return true;
 }
 
 /** Show the branch as stored once it has the answer; refresh the list for the new title. */
@@ -319,9 +465,9 @@ export async function switchTo(msg, siblingId) {
 
 export function stop() {
   const s = state.streaming;
-  if (!s) return;
-  if (s.id == null) s.cancelled = true;
-  else conn.notify("rpc.cancel", { id: s.id });
+  if (!s || s.cancelled) return;
+  s.cancelled = true; // sent once the call is made (or, socket down, once it is resumed)
+  if (s.id != null && !s.waiting) sendCancel(s);
   composer.stopping(); // enabled again when the stream ends
   // The gateway answers with finishReason "cancelled"; if that never comes, stop anyway.
   s.cancelTimer = setTimeout(() => {
@@ -333,6 +479,8 @@ export function stop() {
 /** Signed out: end what is running and show nothing of the conversation any more. */
 export function abandon() {
   if (state.streaming) finishStream(state.streaming.msg, { interrupted: true });
+  cancelLater.clear();
+  streams.forgetAll();
   newChat({ quiet: true });
 }
 

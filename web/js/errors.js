@@ -56,6 +56,8 @@ export function describeError(error) {
         : `You have the most conversations allowed${data.max ? ` (${data.max})` : ""}. Delete some to start new ones.`;
     case -32032: return "That message is no longer in this conversation. Reload to see it as it is now.";
     case -32033: return "An answer is still being written in this conversation (perhaps in another tab). Wait for it or stop it there.";
+    case -32040: return "The rest of this answer is no longer on the gateway (it restarted, or the answer expired).";
+    case -32041: return "Part of this answer is no longer kept on the gateway.";
     case -32602: return `The gateway did not accept that request: ${error.message || "invalid parameters"}.`;
     case -32603: return "Something went wrong inside the gateway. Try again.";
     case -32700:
