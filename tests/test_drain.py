@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from gateway.providers.base import ChatRequest, Message
 from gateway.providers.offline import compose_reply
 from tests.redis_support import gateway_processes, redis_server, redis_url
-from tests.support import RawClient, gateway_server, raw_client, until_closed
+from tests.support import RawClient, assert_positions, gateway_server, raw_client, until_closed
 
 __all__ = ["redis_server", "redis_url"]  # fixtures in use
 
@@ -105,8 +105,9 @@ async def test_what_still_runs_at_drain_timeout_is_closed_with_1001() -> None:
 async def test_sigterm_mid_stream_finishes_the_stream_and_others_take_new_connections(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """SIGTERM to the worker holding a stream: the stream ends whole, new sockets land on the
-    other worker, the drained worker exits 0 and the parent starts it again."""
+    """SIGTERM to the worker holding a stream: its socket closes at once with 1012, the client
+    resumes on the other worker and gets the whole text, new sockets land on the other
+    worker, the drained worker exits 0 and the parent starts it again."""
     env = {"GATEWAY_REDIS_URL": redis_url}
     config = "[sessions]\nredis_timeout = 5.0\n"
     async with gateway_processes(tmp_path, 1, config=config, workers=2, env=env) as procs:
@@ -133,14 +134,22 @@ async def test_sigterm_mid_stream_finishes_the_stream_and_others_take_new_connec
                         break
                     except (InvalidStatus, ConnectionClosed, OSError):
                         await asyncio.sleep(0.05)  # Raced the listener as it closed.
+        # Closed early with 1012: the answer goes on into the shared log, and the client
+        # resumes it on the other worker after the last seq it has.
         frames, code = await until_closed(streaming)
+        before = [f["params"] for f in [first, *frames] if f.get("method") == "stream.delta"]
+        async with asyncio.timeout(TIMEOUT):
+            async with connect(sup.ws_url, additional_headers=headers) as again:
+                resumed_on = again.response.headers["X-Gateway-Node"]
+                params = {"streamId": before[0]["streamId"], "after": before[-1]["seq"]}
+                text, after, final = await RawClient(again).stream("stream.resume", params)
         await sup.wait_for(rf"worker {worker} \(pid {pid}\) exited with status 0")
-    deltas = [f["params"]["text"] for f in [first, *frames] if f.get("method") == "stream.delta"]
-    final = next(f for f in frames if f.get("id") == stream_id)
+    assert not any(f.get("id") == stream_id for f in frames)
     assert final["result"]["finishReason"] == "stop"
-    assert "".join(deltas) == full_text(LONG_STORY)
+    assert "".join(d["text"] for d in before) + text == full_text(LONG_STORY)
+    assert_positions(before + after)
     assert code == 1012
-    assert node not in others and others
+    assert node not in others and others and resumed_on != node
     assert sup.proc.returncode == 0
 
 

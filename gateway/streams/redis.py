@@ -297,8 +297,14 @@ class RedisStreamLog:
     def _queue_appends(self, pipe: Any, batch: dict[str, _Pending]) -> None:
         ttl = int(self.running_ttl * 1000)
         for stream_id, pending in batch.items():
-            # The same trimming as the local log's (max_pieces, max_chars).
-            oldest = f"{self._local.first_kept(stream_id) + 1}-0"
+            # The same trimming as the local log's (max_pieces, max_chars): pieces it dropped
+            # are neither logged nor published.
+            kept = self._local.first_kept(stream_id)
+            if kept > pending.first:
+                cut = min(kept - pending.first, len(pending.texts))
+                del pending.texts[:cut], pending.kinds[:cut]
+                pending.first += cut
+            oldest = f"{kept + 1}-0"
             kinds = pending.kinds
             plain = not any(kinds)
             message = orjson.dumps([pending.first, pending.texts, None if plain else kinds])
@@ -349,6 +355,7 @@ class RedisStreamLog:
             return
         self._started()
         tail = await self._live.subscribe(self._key(stream_id, "live").encode())
+        _raise_if_cancelling()
         token = secrets.token_hex(6)
         try:
             async for item in self._follow(stream_id, after, tail, token):
@@ -437,7 +444,9 @@ class RedisStreamLog:
         deadline = loop.time() + OUTAGE_WAIT
         while True:
             try:
-                return await self._run(build)
+                result = await self._run(build)
+                _raise_if_cancelling()
+                return result
             except StoreUnavailable:
                 if loop.time() >= deadline:
                     raise
@@ -531,6 +540,14 @@ class RedisStreamLog:
             with contextlib.suppress(Exception):
                 await self._link.client.delete(self._node_key(self.owner, "alive"))
         await self._live.aclose()
+
+
+def _raise_if_cancelling() -> None:
+    """A reader stops when cancelled even if redis-py's asyncio client swallowed the
+    cancellation mid-command (seen with redis-py 8)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 def _exists(pipe: Any, key: str) -> None:
