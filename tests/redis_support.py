@@ -30,6 +30,7 @@ __all__ = [
     "RedisServer",
     "free_port",
     "gateway_processes",
+    "redis",
     "redis_available",
     "redis_server",
     "redis_url",
@@ -141,6 +142,19 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server this test may stop, freeze and start again."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
 
 
 STORES = ["memory", "redis"]

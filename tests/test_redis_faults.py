@@ -8,30 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.redis_support import REPO, RedisServer, free_port
+from tests.redis_support import REPO, RedisServer, free_port, redis
 from tests.support import RawClient, gateway_server, raw_client
 
 TIMEOUT = 10.0
+__all__ = ["redis"]  # fixture
 LINK_LOG = "gateway.sessions.redislink"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server this test may stop, freeze and start again."""
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 def _errors(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,25 +19,13 @@ import redis.asyncio as aioredis
 from gateway.errors import StoreUnavailable
 from gateway.sessions.redis import RedisSessionStore
 from gateway.sessions.redislink import RedisLink
-from tests.redis_support import TEST_REDIS_TIMEOUT, RedisServer, redis_available
+from tests.redis_support import TEST_REDIS_TIMEOUT, RedisServer, redis, redis_available
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="needs redis-server")
 
 TIMEOUT = 10.0
+__all__ = ["redis"]  # fixture
 Pair = tuple[RedisSessionStore, RedisSessionStore]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server this test may stop, freeze and start again."""
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 @pytest.fixture

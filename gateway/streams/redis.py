@@ -200,8 +200,6 @@ class RedisStreamLog:
             link.url, self._node_key(self.owner, "ctl").encode(), self._control,
             timeout=link.timeout,
         )  # fmt: skip
-        self.round_trips = 0
-        """Redis round trips made for streams (pipelines count once), for the benchmark."""
 
     # Keys
 
@@ -223,7 +221,6 @@ class RedisStreamLog:
             build(pipe)
             return list(await pipe.execute())
 
-        self.round_trips += 1
         return await self._link.run(call)
 
     def _started(self) -> None:
@@ -241,7 +238,6 @@ class RedisStreamLog:
         _, info_key, _ = self._keys(info.stream_id)
         user_key = self._link.user_key(info.user_id, "streams")
         ttl = int(self.running_ttl * 1000)
-        alive = self._node_key(self.owner, "alive")
 
         def build(pipe: Any) -> None:
             fields = dict(zip("umco", header, strict=True))
@@ -249,7 +245,6 @@ class RedisStreamLog:
             pipe.pexpire(info_key, ttl)
             pipe.zadd(user_key, {info.stream_id: info.created_at})
             pipe.expire(user_key, int(self.running_ttl + self.done_ttl))
-            pipe.set(alive, b"1", px=int(self.lease_seconds * 1000))
 
         try:
             await self._run(build)
