@@ -14,23 +14,26 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import websockets
 
+from gateway.config import DEFAULT_MODELS
 from gateway.server.app import Gateway
 from tests.redis_support import (
     TEST_REDIS_TIMEOUT,
     GatewayProcess,
     RedisServer,
+    redis,
     redis_server,
     redis_url,
 )
 from tests.support import RawClient, assert_positions, gateway_server, raw_client
 from tests.test_resume import MODELS, resume, set_model, start_and_cut, uninterrupted, without_id
 
-__all__ = ["redis_server", "redis_url"]  # fixtures
+__all__ = ["redis", "redis_server", "redis_url"]  # fixtures
 
 TIMEOUT = 30.0
 QUESTION = ["tell me about the weather today in some detail"]
@@ -38,7 +41,8 @@ QUESTION = ["tell me about the weather today in some detail"]
 
 @contextlib.asynccontextmanager
 async def two(url: str, **overrides: Any) -> AsyncIterator[tuple[Gateway, Gateway]]:
-    kw = dict(store="redis", url=url, redis_timeout=TEST_REDIS_TIMEOUT, models=MODELS, **overrides)
+    kw = {"store": "redis", "url": url, "redis_timeout": TEST_REDIS_TIMEOUT, "models": MODELS}
+    kw.update(overrides)
     async with gateway_server(**kw) as a, gateway_server(**kw) as b:
         yield a, b
 
@@ -172,6 +176,60 @@ async def test_a_sigkilled_producer_leaves_its_stream_interrupted_within_the_lea
         a.stop()
         b.stop()
     assert frame["result"]["finishReason"] == "interrupted"
+
+
+SLOW = replace(DEFAULT_MODELS[0], name="offline-20", tokens_per_second=20.0)
+"""The offline model at 20 words/s: the answer is still running across a Redis restart."""
+
+
+async def test_redis_restarted_empty_mid_answer_the_producer_finishes_and_no_one_hangs(
+    redis: RedisServer,
+) -> None:
+    """Redis stops for a second mid-answer and comes back empty (the documented outcome).
+
+    The producing connection gets its whole answer; a resumer following on the other
+    process gets the rest of the text exactly, or -32041 if a piece it needed was lost
+    with Redis's data; neither waits past the documented bound. Afterwards, service is
+    back without restarting the gateways: a new stream is cut on A and resumed on B.
+    """
+    async with two(redis.url, redis_timeout=0.5, models=(*MODELS, SLOW)) as (a, b):
+        async with asyncio.timeout(TIMEOUT * 2):
+            await set_model(a, "offline-20")
+            expected, expected_result = await uninterrupted(a, "chat.postChat", QUESTION)
+            async with raw_client(a) as producer:
+                id = await producer.request("chat.postChat", QUESTION)
+                first = await producer.recv()
+                stream_id = first["params"]["streamId"]
+                resumed = asyncio.ensure_future(resume(b, stream_id, first["params"]["seq"]))
+                await asyncio.sleep(0.4)
+                redis.stop()
+                await asyncio.sleep(1.0)
+                redis.start()
+                deltas = [first["params"]]
+                while True:
+                    frame = await producer.recv()
+                    if frame.get("id") == id:
+                        break
+                    deltas.append(frame["params"])
+            text, after, response = await resumed
+            # Service is back: cut on A, resume on B.
+            await set_model(a, "offline-100")
+            expected_fast, _ = await uninterrupted(a, "chat.postChat", QUESTION)
+            new_id, before, final = await start_and_cut(a, "chat.postChat", QUESTION, 2)
+            assert final is None
+            rest, _, again = await resume(b, new_id, before[-1]["seq"])
+    assert "".join(d["text"] for d in deltas) == expected
+    assert without_id(frame["result"]) == without_id(expected_result)
+    if "error" in response:
+        gap = response["error"]
+        assert gap["code"] == -32041, response
+        assert gap["data"]["after"] >= first["params"]["seq"]
+    else:
+        assert first["params"]["text"] + text == expected
+        assert_positions([first["params"], *after])
+        assert response["result"]["finishReason"] == "stop"
+    assert "".join(d["text"] for d in before) + rest == expected_fast
+    assert again["result"]["finishReason"] == "stop"
 
 
 def _redis(port: int, *args: bytes) -> bytes:

@@ -41,8 +41,10 @@ by at most that long and never loses it.
 
 TTLs: running keys live ``running_ttl`` (renewed by every flush and heartbeat),
 finished ones ``done_ttl``. After a Redis restart that lost its data, the next
-flush writes the info again and the log continues from the next piece: a resume
-from before it gets -32041 (gap); a stream that had ended is unknown (-32040).
+flush writes the info again and the log continues from the oldest piece still
+pending: a follower whose info vanished waits up to ``OUTAGE_WAIT`` for that and
+goes on (or gets -32041 if it needed a lost piece); a resume from before it gets
+-32041 (gap); a stream that had ended is unknown (-32040).
 """
 
 from __future__ import annotations
@@ -365,6 +367,8 @@ class RedisStreamLog:
     ) -> AsyncIterator[Piece | StreamEnd]:
         last = after
         owner_missing_since: float | None = None
+        info_missing_since: float | None = None
+        found = False
         log_key, info_key, fol_key = self._keys(stream_id)
         loop = asyncio.get_running_loop()
         while True:
@@ -380,7 +384,17 @@ class RedisStreamLog:
 
             entries, raw, _ = await self._ride_out(build)
             if not raw:
-                raise StreamNotFound()
+                # Gone while we followed it: Redis came back empty. The producer writes the
+                # info again with its next piece or its end; wait that long, as for an outage.
+                if not found:
+                    raise StreamNotFound()
+                if info_missing_since is None:
+                    info_missing_since = loop.time()
+                elif loop.time() - info_missing_since >= OUTAGE_WAIT:
+                    raise StreamNotFound()
+                await asyncio.sleep(0.5)
+                continue
+            found, info_missing_since = True, None
             info = _info(stream_id, raw)
             for entry_id, fields in entries:
                 pos = int(entry_id.split(b"-", 1)[0]) - 1
