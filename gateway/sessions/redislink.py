@@ -24,6 +24,7 @@ restart emptied its script cache they are loaded again on the first
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,11 +78,16 @@ class Script:
     def __init__(self, link: RedisLink, source: str) -> None:
         self.link = link
         self.source = source
-        self.sha = ""
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        """What Redis names it (``SCRIPT LOAD`` answers the same): valid before it is loaded."""
 
     def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Add a call of this script to ``pipe`` (a redis-py pipeline)."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """A call of this script as a command for :meth:`RedisLink.send_many`."""
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
     async def __call__(
         self, keys: Sequence[str], args: Sequence[Any], on_reply: OnReply | None = None
@@ -194,6 +200,32 @@ class RedisLink:
             await self._reload()
             call[1] = script.sha
             return await self.mux.send(call, on_reply)
+
+    async def send_many(self, commands: Sequence[Sequence[Any] | bytes]) -> list[Any]:
+        """Commands (argument lists, or packed RESP bytes) written together on the multiplexed
+        connection; their replies, in order.
+
+        The cheap way to send many calls at once (no pipeline object, no pooled
+        connection). A command answered ``NOSCRIPT`` (Redis restarted) is sent
+        once more after the scripts are loaded again (a script's SHA is its
+        source's, so the command stays valid); the first other error is raised.
+        """
+        if not self.healthy:
+            self._remind()
+            raise StoreUnavailable(data={"retryAfter": RETRY_AFTER})
+        mux = self.mux
+        replies = await asyncio.gather(*[mux.send(c) for c in commands], return_exceptions=True)
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            await self._reload()
+            retried = [mux.send(commands[i]) for i in again]
+            answers = await asyncio.gather(*retried, return_exceptions=True)
+            for i, reply in zip(again, answers, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def barrier(self) -> None:
         """See :meth:`RedisMux.barrier`: others' invalidations for earlier writes are out."""

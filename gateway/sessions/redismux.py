@@ -44,7 +44,7 @@ from redis.exceptions import ResponseError
 
 from gateway.errors import StoreUnavailable
 
-__all__ = ["Invalidated", "OnReply", "RedisMux"]
+__all__ = ["Invalidated", "OnReply", "RedisMux", "bulk", "resp"]
 
 OnReply = Callable[[Any], None]
 """Called by the reader with a call's reply, in reply order, before later messages."""
@@ -54,6 +54,22 @@ Invalidated = Callable[[list[bytes] | None], None]
 RETRY_AFTER = 1
 
 _PUSHED = object()
+
+
+def bulk(value: bytes | str | int) -> bytes:
+    """One RESP bulk string (``$<len>\\r\\n<bytes>\\r\\n``)."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def resp(*parts: bytes | str | int, then: int = 0) -> bytes:
+    """A RESP command of ``parts`` and ``then`` more arguments, packed up to those.
+
+    A caller that sends many alike commands packs their constant start once and
+    appends ``bulk(...)`` of each of the ``then`` others per call: far cheaper
+    than packing every argument each time (see :meth:`RedisMux.send`).
+    """
+    return b"*%d\r\n" % (len(parts) + then) + b"".join(bulk(part) for part in parts)
 
 
 class _Pending:
@@ -138,8 +154,11 @@ class RedisMux:
         if conn is not None:
             await conn.disconnect(nowait=True)
 
-    def send(self, args: Sequence[Any], on_reply: OnReply | None = None) -> asyncio.Future[Any]:
-        """Queue one command; the future gets its reply (or the error Redis answered)."""
+    def send(
+        self, args: Sequence[Any] | bytes, on_reply: OnReply | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one command (its arguments, or already packed as RESP bytes); the future
+        gets its reply (or the error Redis answered)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._live:
             future.set_exception(StoreUnavailable(data={"retryAfter": RETRY_AFTER}))
@@ -169,8 +188,11 @@ class RedisMux:
         except Exception:
             return False
 
-    def _queue(self, args: Sequence[Any], pending: _Pending) -> None:
-        self._out.extend(self._conn.pack_command(*args))
+    def _queue(self, args: Sequence[Any] | bytes, pending: _Pending) -> None:
+        if isinstance(args, bytes):
+            self._out.append(args)
+        else:
+            self._out.extend(self._conn.pack_command(*args))
         self._pending.append(pending)
         if not self._flush_due:
             self._flush_due = True

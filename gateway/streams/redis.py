@@ -63,6 +63,7 @@ import orjson
 from gateway.errors import StoreUnavailable, StreamGap, StreamNotFound
 from gateway.node import node_id
 from gateway.sessions.redislink import RedisLink
+from gateway.sessions.redismux import bulk, resp
 from gateway.streams.live import LiveFeed, stop_task
 from gateway.streams.memory import MemoryStreamLog
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
@@ -80,35 +81,46 @@ OUTAGE_WAIT = 10.0
 LIST_LIMIT = 50
 """Streams ``stream.list`` returns (the newest)."""
 
+# The pieces travel as one JSON argument (the batch message, published as it is), and
+# the header as another: redis-py packs every argument in Python, so few is cheap.
+_CREATE = """
+-- KEYS: info. ARGV: header [user, method, created, owner] (JSON), ttl ms.
+local h = cjson.decode(ARGV[1])
+redis.call('HSET', KEYS[1], 'u', h[1], 'm', h[2], 'c', h[3], 'o', h[4], 's', 'running', 'n', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 _APPEND = """
--- KEYS: log, info. ARGV: channel, ttl ms, oldest entry id kept, batch message, user, method,
--- created, owner, first position, count, then text and kind ('' for text) per piece.
+-- KEYS: log, info. ARGV: channel, ttl ms, header (as for create), oldest entry id kept,
+-- batch message [first position, [texts], [kinds ('' for text)] or null] (JSON).
 local have = tonumber(redis.call('HGET', KEYS[2], 'n') or '-1')
 if have == -1 then
-  redis.call('HSET', KEYS[2], 'u', ARGV[5], 'm', ARGV[6], 'c', ARGV[7], 'o', ARGV[8],
-             's', 'running', 'n', 0)
+  local h = cjson.decode(ARGV[3])
+  redis.call('HSET', KEYS[2], 'u', h[1], 'm', h[2], 'c', h[3], 'o', h[4], 's', 'running', 'n', 0)
   have = 0
 elseif redis.call('HGET', KEYS[2], 's') ~= 'running' then
   return 0
 end
-local first = tonumber(ARGV[9])
-local count = tonumber(ARGV[10])
-for i = 0, count - 1 do
-  local pos = first + i
+local batch = cjson.decode(ARGV[5])
+local first, texts, kinds = batch[1], batch[2], batch[3]
+if kinds == cjson.null then kinds = nil end
+for i = 1, #texts do
+  local pos = first + i - 1
   if pos >= have then
-    local text, kind = ARGV[11 + 2 * i], ARGV[12 + 2 * i]
+    local kind = kinds and kinds[i] or ''
     if kind == '' then
-      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', text)
+      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', texts[i])
     else
-      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', text, 'k', kind)
+      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', texts[i], 'k', kind)
     end
   end
 end
-redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
-if first + count > have then redis.call('HSET', KEYS[2], 'n', first + count) end
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4])
+if first + #texts > have then redis.call('HSET', KEYS[2], 'n', first + #texts) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[1], ARGV[4])
+redis.call('PUBLISH', ARGV[1], ARGV[5])
 return 1
 """
 
@@ -148,14 +160,28 @@ return 1
 _INTERRUPTED = orjson.dumps({"r": {"finishReason": "interrupted"}})
 
 
+class _Ours:
+    """One of our running streams: its keys and header, computed once."""
+
+    __slots__ = ("append", "header", "keys", "live")
+
+    def __init__(self, keys: list[str], live: str, header: list[str], append: bytes) -> None:
+        self.keys = keys
+        self.live = live
+        self.header = header
+        """[user, method, created, owner]: to write a lost info again."""
+        self.append = append
+        """The start of its append script call, packed: two arguments follow per call."""
+
+
 class _Pending:
     """Pieces of one of our streams not yet written to Redis."""
 
-    __slots__ = ("first", "header", "kinds", "texts")
+    __slots__ = ("first", "kinds", "ours", "texts")
 
-    def __init__(self, first: int, header: list[Any]) -> None:
+    def __init__(self, first: int, ours: _Ours) -> None:
         self.first = first
-        self.header = header
+        self.ours = ours
         self.texts: list[str] = []
         self.kinds: list[str] = []
 
@@ -186,14 +212,15 @@ class RedisStreamLog:
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
         self._pending: dict[str, _Pending] = {}
-        self._headers: dict[str, list[Any]] = {}
-        """Our running streams -> [user, method, created, owner] (to re-create a lost info)."""
+        self._headers: dict[str, _Ours] = {}
+        """Our running streams."""
         self._unfinished: dict[str, StreamEnd] = {}
         """Ends not written yet (Redis was away): the heartbeat retries them."""
         self._flush_task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._on_cancel: Callable[[str], object] = lambda _: None
+        self._create = link.script(_CREATE)
         self._append = link.script(_APPEND)
         self._finish = link.script(_FINISH)
         self._interrupt = link.script(_INTERRUPT)
@@ -237,23 +264,23 @@ class RedisStreamLog:
         info.owner = self.owner
         await self._local.create(info)
         header = [info.user_id, info.method, repr(info.created_at), self.owner]
-        _, info_key, _ = self._keys(info.stream_id)
-        user_key = self._link.user_key(info.user_id, "streams")
+        header_json = orjson.dumps(header)
+        keys, live = self._keys(info.stream_id), self._key(info.stream_id, "live")
         ttl = int(self.running_ttl * 1000)
-
-        def build(pipe: Any) -> None:
-            fields = dict(zip("umco", header, strict=True))
-            pipe.hset(info_key, mapping={**fields, "s": "running", "n": 0})
-            pipe.pexpire(info_key, ttl)
-            pipe.zadd(user_key, {info.stream_id: info.created_at})
-            pipe.expire(user_key, int(self.running_ttl + self.done_ttl))
-
+        start = resp("EVALSHA", self._append.sha, 2, *keys[:2], live, ttl, header_json, then=2)
+        ours = _Ours(keys, live, header, start)
+        user_key = self._link.user_key(info.user_id, "streams")
+        commands: list[Any] = [
+            self._create.command(keys[1:2], [header_json, ttl]),
+            ["ZADD", user_key, repr(info.created_at), info.stream_id],
+            ["EXPIRE", user_key, int(self.running_ttl + self.done_ttl)],
+        ]
         try:
-            await self._run(build)
+            await self._link.send_many(commands)
         except BaseException:
             await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
             raise
-        self._headers[info.stream_id] = header
+        self._headers[info.stream_id] = ours
 
     def append(self, stream_id: str, text: str, kind: str = "text") -> int:
         pos = self._local.append(stream_id, text, kind)
@@ -277,7 +304,7 @@ class RedisStreamLog:
             while self._pending:
                 batch, self._pending = self._pending, {}
                 try:
-                    await self._run(functools.partial(self._queue_appends, batch=batch))
+                    await self._link.send_many(self._appends(batch))
                 except StoreUnavailable:
                     for stream_id, newer in self._pending.items():
                         older = batch.get(stream_id)
@@ -291,8 +318,8 @@ class RedisStreamLog:
         finally:
             self._flush_task = None
 
-    def _queue_appends(self, pipe: Any, batch: dict[str, _Pending]) -> None:
-        ttl = int(self.running_ttl * 1000)
+    def _appends(self, batch: dict[str, _Pending]) -> list[bytes]:
+        commands = []
         for stream_id, pending in batch.items():
             # The same trimming as the local log's (max_pieces, max_chars): pieces it dropped
             # are neither logged nor published.
@@ -301,15 +328,11 @@ class RedisStreamLog:
                 cut = min(kept - pending.first, len(pending.texts))
                 del pending.texts[:cut], pending.kinds[:cut]
                 pending.first += cut
-            oldest = f"{kept + 1}-0"
             kinds = pending.kinds
-            plain = not any(kinds)
-            message = orjson.dumps([pending.first, pending.texts, None if plain else kinds])
-            args: list[Any] = [self._key(stream_id, "live"), ttl, oldest, message, *pending.header]
-            args += [pending.first, len(pending.texts)]
-            for text, kind in zip(pending.texts, kinds, strict=True):
-                args += (text, kind)
-            self._append.queue(pipe, self._keys(stream_id)[:2], args)
+            message = orjson.dumps([pending.first, pending.texts, kinds if any(kinds) else None])
+            oldest = b"%d-0" % (kept + 1)
+            commands.append(pending.ours.append + bulk(oldest) + bulk(message))
+        return commands
 
     async def finish(self, stream_id: str, end: StreamEnd) -> None:
         await self._local.finish(stream_id, end)
@@ -325,14 +348,14 @@ class RedisStreamLog:
     async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
         while self._flush_task is not None and stream_id in self._pending:
             await asyncio.shield(self._flush_task)
-        header = self._headers[stream_id]
+        ours = self._headers[stream_id]
         info = await self._local.info(stream_id)
         pieces = info.pieces if info is not None else 0
         encoded = orjson.dumps({"r": end.result, "x": end.error})
         reason = end.finish_reason or ""
-        args = [self._key(stream_id, "live"), int(self.done_ttl * 1000), encoded, repr(time.time())]
-        args += [reason, *header, pieces]
-        await self._run(lambda pipe: self._finish.queue(pipe, self._keys(stream_id), args))
+        args = [ours.live, int(self.done_ttl * 1000), encoded, repr(time.time())]
+        args += [reason, *ours.header, pieces]
+        await self._link.send_many([self._finish.command(ours.keys, args)])
         self._headers.pop(stream_id, None)
         self._unfinished.pop(stream_id, None)
 
