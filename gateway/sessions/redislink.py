@@ -213,13 +213,11 @@ class RedisLink:
         if not self.healthy:
             self._remind()
             raise StoreUnavailable(data={"retryAfter": RETRY_AFTER})
-        mux = self.mux
-        replies = await asyncio.gather(*[mux.send(c) for c in commands], return_exceptions=True)
+        replies = await self.mux.send_all(commands)
         again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if again:
             await self._reload()
-            retried = [mux.send(commands[i]) for i in again]
-            answers = await asyncio.gather(*retried, return_exceptions=True)
+            answers = await self.mux.send_all([commands[i] for i in again])
             for i, reply in zip(again, answers, strict=True):
                 replies[i] = reply
         for reply in replies:

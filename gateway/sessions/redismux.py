@@ -73,12 +73,17 @@ def resp(*parts: bytes | str | int, then: int = 0) -> bytes:
 
 
 class _Pending:
-    __slots__ = ("future", "on_reply", "sent")
+    __slots__ = ("count", "future", "on_reply", "replies", "sent")
 
-    def __init__(self, future: asyncio.Future[Any] | None, on_reply: OnReply | None) -> None:
+    def __init__(
+        self, future: asyncio.Future[Any] | None, on_reply: OnReply | None, count: int = 0
+    ) -> None:
         self.future = future
         self.on_reply = on_reply
         self.sent = time.monotonic()
+        self.count = count
+        """0: one command; else a batch of that many (its future gets the list of replies)."""
+        self.replies: list[Any] = []
 
 
 class RedisMux:
@@ -166,6 +171,21 @@ class RedisMux:
         self._queue(args, _Pending(future, on_reply))
         return future
 
+    def send_all(self, commands: Sequence[Sequence[Any] | bytes]) -> asyncio.Future[list[Any]]:
+        """Queue several commands (see :meth:`send`); the future gets the list of their
+        replies, in order, an error Redis answered as its exception object in the list."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if not self._live:
+            future.set_exception(StoreUnavailable(data={"retryAfter": RETRY_AFTER}))
+            return future
+        if not commands:
+            future.set_result([])
+            return future
+        for args in commands[:-1]:
+            self._queue(args, None)
+        self._queue(commands[-1], _Pending(future, None, len(commands)))
+        return future
+
     async def barrier(self) -> None:
         """Return once Redis has written out what earlier calls made it push to others.
 
@@ -188,12 +208,15 @@ class RedisMux:
         except Exception:
             return False
 
-    def _queue(self, args: Sequence[Any] | bytes, pending: _Pending) -> None:
+    def _queue(self, args: Sequence[Any] | bytes, pending: _Pending | None) -> None:
+        """Pack ``args``; ``pending`` waits for its reply (None: a batch's ``_Pending``,
+        queued with the batch's last command, waits for it)."""
         if isinstance(args, bytes):
             self._out.append(args)
         else:
             self._out.extend(self._conn.pack_command(*args))
-        self._pending.append(pending)
+        if pending is not None:
+            self._pending.append(pending)
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -233,7 +256,16 @@ class RedisMux:
             if not pending:
                 self._broken(RuntimeError("reply without a call"))
                 return
-            call = pending.popleft()
+            call = pending[0]
+            if call.count:
+                call.replies.append(reply)
+                if len(call.replies) < call.count:
+                    continue
+                pending.popleft()
+                if call.future is not None and not call.future.done():
+                    call.future.set_result(call.replies)
+                continue
+            pending.popleft()
             future = call.future
             if isinstance(reply, ResponseError):
                 if future is not None and not future.done():
