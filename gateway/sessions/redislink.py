@@ -1,6 +1,7 @@
 """One Redis client for a process's shared state, and how a Redis outage looks to callers.
 
-Two ways to Redis: script calls (:meth:`RedisLink.eval`, the request path)
+Two ways to Redis: script calls (:meth:`RedisLink.eval`, the request path,
+and :meth:`RedisLink.send_many`, batches such as the stream log's appends)
 go out on one multiplexed RESP3 connection, which also carries the
 client-side caching invalidations (:mod:`gateway.sessions.redismux`);
 pipelines and plain commands (cleanup, stats, lease renewals) use a pool

@@ -15,9 +15,13 @@ Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
 
 **Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
 too (its local followers read that, no Redis), and buffers each appended piece;
-once per loop tick one pipeline runs the append script for every stream with
-pieces pending: ``XADD`` per piece and one ``PUBLISH`` of the batch, in one
-script, so the live order is the log order. The script skips positions already
+once per round trip the append script is called for every stream with pieces
+pending, all in one write on the process's multiplexed connection
+(:meth:`RedisLink.send_many`): ``XADD`` per piece and one ``PUBLISH`` of the
+batch, in one script, so the live order is the log order. The batch travels
+as one JSON argument (what is published; the script decodes it with cjson)
+and the call's constant start is packed once per stream: redis-py packs
+arguments in Python, so few and pre-packed ones are what keep this cheap. The script skips positions already
 written, so a retried flush (a reply lost to a fault) writes nothing twice. While
 Redis is unreachable the pieces wait (bounded by ``max_pieces`` per stream) and go
 out when it is back; the producing connection is never held up by Redis.
@@ -299,7 +303,7 @@ class RedisStreamLog:
         return pos
 
     async def _flush(self) -> None:
-        """Write every pending piece, one pipeline per round; retry while Redis is away."""
+        """Write every pending piece, one write per round; retry while Redis is away."""
         try:
             while self._pending:
                 batch, self._pending = self._pending, {}
