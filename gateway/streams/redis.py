@@ -21,8 +21,9 @@ pending, all in one write on the process's multiplexed connection
 batch, in one script, so the live order is the log order. The batch travels
 as one JSON argument (what is published; the script decodes it with cjson)
 and the call's constant start is packed once per stream: redis-py packs
-arguments in Python, so few and pre-packed ones are what keep this cheap. The script skips positions already
-written, so a retried flush (a reply lost to a fault) writes nothing twice. While
+arguments in Python, so few and pre-packed ones are what keep this cheap. The
+script skips positions already written, so a retried flush (a reply lost to a
+fault) writes nothing twice. While
 Redis is unreachable the pieces wait (bounded by ``max_pieces`` per stream) and go
 out when it is back; the producing connection is never held up by Redis.
 
