@@ -90,6 +90,8 @@ LIST_LIMIT = 50
 # the header as another: redis-py packs every argument in Python, so few is cheap.
 _CREATE = """
 -- KEYS: info. ARGV: header [user, method, created, owner] (JSON), ttl ms.
+-- Only once: a create sent again after a lost reply must not reset what followed it.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local h = cjson.decode(ARGV[1])
 redis.call('HSET', KEYS[1], 'u', h[1], 'm', h[2], 'c', h[3], 'o', h[4], 's', 'running', 'n', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -217,6 +219,11 @@ class RedisStreamLog:
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
         self._pending: dict[str, _Pending] = {}
+        self._ahead: list[tuple[list[list[Any]], asyncio.Future[None]]] = []
+        """Creates, sent with the next flush before its appends; each future says when
+        written."""
+        self._after: list[tuple[list[list[Any]], asyncio.Future[None]]] = []
+        """Ends, sent with the next flush after its appends; each future says when written."""
         self._headers: dict[str, _Ours] = {}
         """Our running streams."""
         self._unfinished: dict[str, StreamEnd] = {}
@@ -275,13 +282,15 @@ class RedisStreamLog:
         start = resp("EVALSHA", self._append.sha, 2, *keys[:2], live, ttl, header_json, then=2)
         ours = _Ours(keys, live, header, start)
         user_key = self._link.user_key(info.user_id, "streams")
-        commands: list[Any] = [
+        commands = [
             self._create.command(keys[1:2], [header_json, ttl]),
             ["ZADD", user_key, repr(info.created_at), info.stream_id],
             ["EXPIRE", user_key, int(self.running_ttl + self.done_ttl)],
         ]
         try:
-            await self._link.send_many(commands)
+            # With the next flush: in one write with other streams' pieces.
+            async with asyncio.timeout(self._link.timeout * 3):
+                await self._queue(self._ahead, commands)
         except BaseException:
             await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
             raise
@@ -299,18 +308,44 @@ class RedisStreamLog:
             pending.first += drop
         pending.texts.append(text)
         pending.kinds.append("" if kind == "text" else kind)
-        if self._flush_task is None:
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+        self._kick()
         return pos
 
+    def _kick(self) -> None:
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    def _queue(
+        self, queue: list[tuple[list[list[Any]], asyncio.Future[None]]], commands: list[list[Any]]
+    ) -> asyncio.Future[None]:
+        """Send ``commands`` with the next flush; the future is done once they are written."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Read by the caller, or (after its timeout) retried elsewhere: never left unread.
+        written.add_done_callback(lambda f: f.cancelled() or f.exception())
+        queue.append((commands, written))
+        self._kick()
+        return written
+
     async def _flush(self) -> None:
-        """Write every pending piece, one write per round; retry while Redis is away."""
+        """Write every queued create, pending piece and end, one write per round (in that
+        order); retry creates and pieces while Redis is away (ends: see :meth:`finish`)."""
         try:
-            while self._pending:
+            while self._pending or self._ahead or self._after:
                 batch, self._pending = self._pending, {}
+                ahead, self._ahead = self._ahead, []
+                after, self._after = self._after, []
+                commands: list[Any] = [c for queued, _ in ahead for c in queued]
+                commands += self._appends(batch)
+                commands += [c for queued, _ in after for c in queued]
                 try:
-                    await self._link.send_many(self._appends(batch))
-                except StoreUnavailable:
+                    await self._link.send_many(commands)
+                except Exception as exc:
+                    for _, done in ahead + after:
+                        if not done.done():
+                            done.set_exception(exc)
+                    if not isinstance(exc, StoreUnavailable):
+                        log.exception("stream log write failed")
+                        continue
                     for stream_id, newer in self._pending.items():
                         older = batch.get(stream_id)
                         if older is not None:
@@ -320,6 +355,10 @@ class RedisStreamLog:
                             batch[stream_id] = newer
                     self._pending = batch
                     await asyncio.sleep(0.5)
+                else:
+                    for _, done in ahead + after:
+                        if not done.done():
+                            done.set_result(None)
         finally:
             self._flush_task = None
 
@@ -343,16 +382,18 @@ class RedisStreamLog:
         await self._local.finish(stream_id, end)
         if stream_id not in self._headers:
             return
+        # With the next flush, after the stream's last pieces (no round trip of its own).
+        written = self._queue(self._after, [await self._end_command(stream_id, end)])
         try:
             async with asyncio.timeout(self._link.timeout * 3):
-                await self._write_end(stream_id, end)
+                await asyncio.shield(written)
         except (StoreUnavailable, TimeoutError):
             self._unfinished[stream_id] = end  # the heartbeat writes it once Redis is back
             log.warning("stream %s: end not written to Redis yet; retrying", stream_id)
+        else:
+            self._headers.pop(stream_id, None)
 
-    async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
-        while self._flush_task is not None and stream_id in self._pending:
-            await asyncio.shield(self._flush_task)
+    async def _end_command(self, stream_id: str, end: StreamEnd) -> list[Any]:
         ours = self._headers[stream_id]
         info = await self._local.info(stream_id)
         pieces = info.pieces if info is not None else 0
@@ -360,7 +401,13 @@ class RedisStreamLog:
         reason = end.finish_reason or ""
         args = [ours.live, int(self.done_ttl * 1000), encoded, repr(time.time())]
         args += [reason, *ours.header, pieces]
-        await self._link.send_many([self._finish.command(ours.keys, args)])
+        return self._finish.command(ours.keys, args)
+
+    async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
+        """Write an end :meth:`finish` could not (Redis was away), after the stream's pieces."""
+        while self._flush_task is not None and stream_id in self._pending:
+            await asyncio.shield(self._flush_task)
+        await self._link.send_many([await self._end_command(stream_id, end)])
         self._headers.pop(stream_id, None)
         self._unfinished.pop(stream_id, None)
 
