@@ -476,7 +476,8 @@ class ChatSession:
         if stream.resumes:
             # The client resumed the reply by itself after the connection dropped.
             print("[the connection dropped; the reply was resumed]", file=self.err)
-        if stopped:
+        if stopped or result.get("finishReason") == "cancelled":
+            # A Ctrl-C the stream absorbed (its final answer said "cancelled") stopped it too.
             print("[stopped]", file=self.err)
         elif result.get("finishReason") == "error":
             print(f"[error: {_describe_result_error(result)}]", file=self.err)
