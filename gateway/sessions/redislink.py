@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
 from gateway.errors import StoreUnavailable
-from gateway.sessions.redismux import Invalidated, OnReply, RedisMux
+from gateway.sessions.redismux import Invalidated, OnReply, RedisMux, resp
 
 __all__ = ["RedisLink", "Script", "redacted_url"]
 
@@ -86,9 +86,9 @@ class Script:
         """Add a call of this script to ``pipe`` (a redis-py pipeline)."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
-    def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        """A call of this script as a command for :meth:`RedisLink.send_many`."""
-        return ["EVALSHA", self.sha, len(keys), *keys, *args]
+    def command(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> bytes:
+        """A call of this script, packed, for :meth:`RedisLink.send_many`."""
+        return resp("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def __call__(
         self, keys: Sequence[str], args: Sequence[Any], on_reply: OnReply | None = None

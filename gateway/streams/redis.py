@@ -219,10 +219,10 @@ class RedisStreamLog:
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
         self._pending: dict[str, _Pending] = {}
-        self._ahead: list[tuple[list[list[Any]], asyncio.Future[None]]] = []
+        self._ahead: list[tuple[list[bytes], asyncio.Future[None]]] = []
         """Creates, sent with the next flush before its appends; each future says when
         written."""
-        self._after: list[tuple[list[list[Any]], asyncio.Future[None]]] = []
+        self._after: list[tuple[list[bytes], asyncio.Future[None]]] = []
         """Ends, sent with the next flush after its appends; each future says when written."""
         self._headers: dict[str, _Ours] = {}
         """Our running streams."""
@@ -284,13 +284,13 @@ class RedisStreamLog:
         user_key = self._link.user_key(info.user_id, "streams")
         commands = [
             self._create.command(keys[1:2], [header_json, ttl]),
-            ["ZADD", user_key, repr(info.created_at), info.stream_id],
-            ["EXPIRE", user_key, int(self.running_ttl + self.done_ttl)],
+            resp("ZADD", user_key, repr(info.created_at), info.stream_id),
+            resp("EXPIRE", user_key, int(self.running_ttl + self.done_ttl)),
         ]
         try:
-            # With the next flush: in one write with other streams' pieces.
-            async with asyncio.timeout(self._link.timeout * 3):
-                await self._queue(self._ahead, commands)
+            # With the next flush: in one write with other streams' pieces. No timer of
+            # its own: the connection fails what is unanswered after ``redis_timeout``.
+            await self._queue(self._ahead, commands)
         except BaseException:
             await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
             raise
@@ -316,7 +316,7 @@ class RedisStreamLog:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     def _queue(
-        self, queue: list[tuple[list[list[Any]], asyncio.Future[None]]], commands: list[list[Any]]
+        self, queue: list[tuple[list[bytes], asyncio.Future[None]]], commands: list[bytes]
     ) -> asyncio.Future[None]:
         """Send ``commands`` with the next flush; the future is done once they are written."""
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -385,22 +385,21 @@ class RedisStreamLog:
         # With the next flush, after the stream's last pieces (no round trip of its own).
         written = self._queue(self._after, [await self._end_command(stream_id, end)])
         try:
-            async with asyncio.timeout(self._link.timeout * 3):
-                await asyncio.shield(written)
-        except (StoreUnavailable, TimeoutError):
+            await asyncio.shield(written)  # bounded as the create is
+        except StoreUnavailable:
             self._unfinished[stream_id] = end  # the heartbeat writes it once Redis is back
             log.warning("stream %s: end not written to Redis yet; retrying", stream_id)
         else:
             self._headers.pop(stream_id, None)
 
-    async def _end_command(self, stream_id: str, end: StreamEnd) -> list[Any]:
+    async def _end_command(self, stream_id: str, end: StreamEnd) -> bytes:
         ours = self._headers[stream_id]
         info = await self._local.info(stream_id)
         pieces = info.pieces if info is not None else 0
         encoded = orjson.dumps({"r": end.result, "x": end.error})
         reason = end.finish_reason or ""
-        args = [ours.live, int(self.done_ttl * 1000), encoded, repr(time.time())]
-        args += [reason, *ours.header, pieces]
+        args: list[bytes | str | int] = [ours.live, int(self.done_ttl * 1000), encoded]
+        args += [repr(time.time()), reason, *ours.header, pieces]
         return self._finish.command(ours.keys, args)
 
     async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
