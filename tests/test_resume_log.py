@@ -246,3 +246,34 @@ async def test_memory_finished_logs_give_way_to_the_total_character_bound() -> N
     await new_stream(log)  # any call applies the bound
     assert await log.info(old) is None
     assert await log.info(running) is not None and await log.info(new) is not None
+
+
+def test_pending_pieces_keep_their_kinds_through_drops_and_merges() -> None:
+    """The Redis writer's buffer: kinds stay lined up with texts when a reasoning piece
+    comes late, when the oldest are dropped, and when a retried batch takes newer pieces."""
+    from gateway.streams.redis import _Ours, _Pending
+
+    ours = _Ours(["log", "info", "fol"], "live", ["u", "m", "c", "o"], b"")
+    older = _Pending(0, ours)
+    for text, kind in [("a", "text"), ("b", "text"), ("think", "reasoning"), ("c", "text")]:
+        older.texts.append(text)
+        if kind != "text" or older.kinds is not None:
+            older.add_kind(kind)
+    assert older.kinds == ["", "", "reasoning", ""]
+    older.drop(1)
+    assert (older.first, older.texts, older.kinds) == (
+        1,
+        ["b", "think", "c"],
+        ["", "reasoning", ""],
+    )
+    newer = _Pending(4, ours)
+    newer.texts += ["d", "e"]
+    older.extend(newer)
+    assert older.texts == ["b", "think", "c", "d", "e"]
+    assert older.kinds == ["", "reasoning", "", "", ""]
+    plain, more = _Pending(0, ours), _Pending(1, ours)
+    plain.texts.append("x")
+    more.texts.append("y")
+    more.add_kind("reasoning")
+    plain.extend(more)
+    assert plain.kinds == ["", "reasoning"]

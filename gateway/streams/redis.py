@@ -68,7 +68,7 @@ import orjson
 from gateway.errors import StoreUnavailable, StreamGap, StreamNotFound
 from gateway.node import node_id
 from gateway.sessions.redislink import RedisLink
-from gateway.sessions.redismux import bulk, resp
+from gateway.sessions.redismux import resp
 from gateway.streams.live import LiveFeed, stop_task
 from gateway.streams.memory import MemoryStreamLog
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
@@ -190,7 +190,27 @@ class _Pending:
         self.first = first
         self.ours = ours
         self.texts: list[str] = []
-        self.kinds: list[str] = []
+        self.kinds: list[str] | None = None
+        """One per text ('' for plain text) once any piece is not plain text."""
+
+    def add_kind(self, kind: str) -> None:
+        """Record the kind of the piece just added to ``texts``."""
+        if self.kinds is None:
+            self.kinds = [""] * (len(self.texts) - 1)
+        self.kinds.append("" if kind == "text" else kind)
+
+    def drop(self, count: int) -> None:
+        del self.texts[:count]
+        if self.kinds is not None:
+            del self.kinds[:count]
+        self.first += count
+
+    def extend(self, newer: _Pending) -> None:
+        if self.kinds is not None or newer.kinds is not None:
+            self.kinds = (self.kinds or [""] * len(self.texts)) + (
+                newer.kinds or [""] * len(newer.texts)
+            )
+        self.texts += newer.texts
 
 
 class RedisStreamLog:
@@ -303,12 +323,12 @@ class RedisStreamLog:
             pending = self._pending[stream_id] = _Pending(pos, self._headers[stream_id])
         elif len(pending.texts) >= self.max_pieces:
             # Redis away for long: keep the newest (a resume before them is a gap).
-            drop = len(pending.texts) // 4
-            del pending.texts[:drop], pending.kinds[:drop]
-            pending.first += drop
+            pending.drop(len(pending.texts) // 4)
         pending.texts.append(text)
-        pending.kinds.append("" if kind == "text" else kind)
-        self._kick()
+        if kind != "text" or pending.kinds is not None:
+            pending.add_kind(kind)
+        if self._flush_task is None:
+            self._kick()
         return pos
 
     def _kick(self) -> None:
@@ -349,8 +369,7 @@ class RedisStreamLog:
                     for stream_id, newer in self._pending.items():
                         older = batch.get(stream_id)
                         if older is not None:
-                            older.texts += newer.texts
-                            older.kinds += newer.kinds
+                            older.extend(newer)
                         else:
                             batch[stream_id] = newer
                     self._pending = batch
@@ -369,13 +388,12 @@ class RedisStreamLog:
             # are neither logged nor published.
             kept = self._local.first_kept(stream_id)
             if kept > pending.first:
-                cut = min(kept - pending.first, len(pending.texts))
-                del pending.texts[:cut], pending.kinds[:cut]
-                pending.first += cut
-            kinds = pending.kinds
-            message = orjson.dumps([pending.first, pending.texts, kinds if any(kinds) else None])
+                pending.drop(min(kept - pending.first, len(pending.texts)))
+            message = orjson.dumps([pending.first, pending.texts, pending.kinds])
             oldest = b"%d-0" % (kept + 1)
-            commands.append(pending.ours.append + bulk(oldest) + bulk(message))
+            # The last two arguments: the oldest entry kept and the batch (see _APPEND).
+            tail = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(oldest), oldest, len(message), message)
+            commands.append(pending.ours.append + tail)
         return commands
 
     async def finish(self, stream_id: str, end: StreamEnd) -> None:
