@@ -23,9 +23,10 @@ as one JSON argument (what is published; the script decodes it with cjson)
 and the call's constant start is packed once per stream: redis-py packs
 arguments in Python, so few and pre-packed ones are what keep this cheap. The
 script skips positions already written, so a retried flush (a reply lost to a
-fault) writes nothing twice. While
-Redis is unreachable the pieces wait (bounded by ``max_pieces`` per stream) and go
-out when it is back; the producing connection is never held up by Redis.
+fault) writes nothing twice. A stream's create rides the same write, before its
+first pieces, and its end a later one, after its last. While Redis is
+unreachable the pieces wait (bounded by ``max_pieces`` per stream) and go out
+when it is back; the producing connection is never held up by Redis.
 
 **Following** (another process): subscribe to ``live`` first, then read the log
 from the last position sent (``XRANGE`` with the info, one round trip), then
