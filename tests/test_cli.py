@@ -39,6 +39,9 @@ async def cli(
         cwd=REPO, env=cli_env(url, token),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Ctrl-C as a terminal sends it: a suite run in the background (SIGINT ignored,
+        # inherited by children) must not make the CLI deaf to it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         yield proc
