@@ -198,8 +198,7 @@ class RedisLink:
         try:
             return await self.mux.send(call, on_reply)
         except NoScriptError:
-            await self._reload()
-            call[1] = script.sha
+            await self._reload()  # the SHA is the source's: the same call is valid again
             return await self.mux.send(call, on_reply)
 
     async def send_many(self, commands: Sequence[Sequence[Any] | bytes]) -> list[Any]:

@@ -328,8 +328,7 @@ class RedisStreamLog:
         pending.texts.append(text)
         if kind != "text" or pending.kinds is not None:
             pending.add_kind(kind)
-        if self._flush_task is None:
-            self._kick()
+        self._kick()
         return pos
 
     def _kick(self) -> None:
@@ -341,7 +340,8 @@ class RedisStreamLog:
     ) -> asyncio.Future[None]:
         """Send ``commands`` with the next flush; the future is done once they are written."""
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Read by the caller, or (after its timeout) retried elsewhere: never left unread.
+        # Read by the caller; if the caller was cancelled meanwhile (the flush still sends
+        # the commands), read here: never left unread.
         written.add_done_callback(lambda f: f.cancelled() or f.exception())
         queue.append((commands, written))
         self._kick()
@@ -404,7 +404,8 @@ class RedisStreamLog:
         # With the next flush, after the stream's last pieces (no round trip of its own).
         written = self._queue(self._after, [await self._end_command(stream_id, end)])
         try:
-            await asyncio.shield(written)  # bounded as the create is
+            # Bounded: the connection fails what is unanswered after ``redis_timeout``.
+            await asyncio.shield(written)
         except StoreUnavailable:
             self._unfinished[stream_id] = end  # the heartbeat writes it once Redis is back
             log.warning("stream %s: end not written to Redis yet; retrying", stream_id)
