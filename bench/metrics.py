@@ -1,10 +1,12 @@
 """Metrics and JSON logs on vs off: streamed frames/s and round trips/s of the same gateway.
 
-    .venv/bin/python bench/metrics.py            # about 3 minutes
+    .venv/bin/python bench/metrics.py            # about 2 minutes
     .venv/bin/python bench/metrics.py --quick    # under a minute
 
-Three modes of ``gateway serve`` with ``bench/gateway.toml``, run back to back
-and alternated ``--repeat`` times (median reported):
+Three modes of ``gateway serve`` with ``bench/gateway.toml``, **side by side**:
+in each of ``--repeat`` rounds all three servers run at once, each under its
+own load process, and every figure is taken in the same window for all three
+(median over rounds reported):
 
 - ``off``: ``GATEWAY_METRICS=off`` (every metric a no-op), text logs at WARNING;
 - ``on``: metrics on, JSON logs at INFO, ``/metrics`` scraped every second;
@@ -13,11 +15,14 @@ and alternated ``--repeat`` times (median reported):
 
 Each mode measures (a) 100 connections streaming the offline-fast model
 back to back (frames/s) and (c) JSON-RPC round trips with 1 and 50 clients
-(calls/s), with the load from separate processes (bench/load.py). The order
-of the modes rotates from one repetition to the next, and each ratio is the
-median over repetitions of ``mode / off`` within the same repetition (the
-neighbours' load on a shared machine drifts slower than one repetition).
-Target >= 0.9x.
+(calls/s), with the load from separate processes (bench/load.py). Each ratio
+is the median over rounds of ``mode / off`` within the same window. Why side
+by side: this machine's speed drifts by up to 50 % within a minute (the same
+in-process dispatch timed 6.6 and 10.3 us in two runs), far more than the
+metrics cost, so servers measured one after the other compare the drift.
+Running at once, the servers share the same cores and the same drift; the
+kernel gives each busy process an equal share, so the ratio of their
+throughputs is the ratio of their costs. Target >= 0.9x.
 
 First, in-process and without sockets: the CPU time of one JSON-RPC dispatch
 with and without the metrics observer (the per-call price, free of noise).
@@ -45,12 +50,14 @@ from run import (  # noqa: E402
     FAST,
     Server,
     _window,
-    measure_window,
+    measure_windows,
     start_loads,
     warm_up,
 )
 
 MODES = ("off", "on", "on-mp")
+LOAD_PROCS = 1
+"""Load processes per server (three servers run at once)."""
 TARGET = 0.9
 
 
@@ -95,45 +102,68 @@ async def scraper(port: int, stop: asyncio.Event) -> int:
 
 
 async def measure(
-    server: Server, plan: Plan, workdir: Path, scenario: str, clients: int
-) -> dict[str, Any]:
-    procs = await start_loads(
-        2, server.port, scenario, clients, workdir, model=FAST, concurrency=32
-    )
-    try:
-        ready, m1, m2, results = await measure_window(procs, server, plan.warmup, plan.seconds)
-    finally:
-        for p in procs:
-            await p.stop()
-    w = _window(m1, m2)
-    key = "frames" if scenario == "flood" else "calls"
-    count = m2[key] - m1[key]
-    return {
-        "per_s": count / w["seconds"],
-        "cpu_us": w["server_cpu"] / count * 1e6 if count else float("nan"),
-        "server_cores": w["server_cores"],
-        "connected": ready["connected"],
-        "errors": run.merge_errors(results),
+    servers: dict[str, Server], plan: Plan, workdir: Path, scenario: str, clients: int
+) -> dict[str, dict[str, Any]]:
+    """One window of ``scenario`` on every server at once, each under its own load."""
+    procs = {
+        mode: await start_loads(
+            LOAD_PROCS, server.port, scenario, clients, workdir, model=FAST, concurrency=32
+        )
+        for mode, server in servers.items()
     }
-
-
-async def one_mode(mode: str, plan: Plan, workdir: Path, users: int) -> dict[str, Any]:
-    server = Server("gateway", users, workdir)
-    configure(server, mode, workdir)
-    stop = asyncio.Event()
-    out: dict[str, Any] = {}
     try:
-        await server.start()
-        await warm_up(server, users - 1)
-        scraping = asyncio.create_task(scraper(server.port, stop)) if mode != "off" else None
-        out["frames"] = await measure(server, plan, workdir, "flood", plan.stream_conns)
-        for clients in plan.rpc_clients:
-            out[f"calls/{clients}"] = await measure(server, plan, workdir, "rpc", clients)
+        windows = await measure_windows(
+            [(servers[mode], procs[mode]) for mode in servers], plan.warmup, plan.seconds
+        )
+    finally:
+        for group in procs.values():
+            for p in group:
+                await p.stop()
+    key = "frames" if scenario == "flood" else "calls"
+    out = {}
+    for mode, (ready, m1, m2, results) in zip(servers, windows, strict=True):
+        w = _window(m1, m2)
+        count = m2[key] - m1[key]
+        out[mode] = {
+            "per_s": count / w["seconds"],
+            "cpu_us": w["server_cpu"] / count * 1e6 if count else float("nan"),
+            "server_cores": w["server_cores"],
+            "connected": ready["connected"],
+            "errors": run.merge_errors(results),
+        }
+    return out
+
+
+async def one_round(plan: Plan, workdir: Path, users: int) -> dict[str, dict[str, Any]]:
+    """Every mode's server up at once; each scenario measured on all of them side by side."""
+    servers = {}
+    for mode in MODES:
+        servers[mode] = Server("gateway", users, workdir)
+        configure(servers[mode], mode, workdir)
+    stop = asyncio.Event()
+    out: dict[str, dict[str, Any]] = {mode: {} for mode in MODES}
+    try:
+        for server in servers.values():
+            await server.start()
+            await warm_up(server, users - 1)
+        scraping = {
+            mode: asyncio.create_task(scraper(server.port, stop))
+            for mode, server in servers.items()
+            if mode != "off"
+        }
+        scenarios = [("frames", "flood", plan.stream_conns)]
+        scenarios += [(f"calls/{c}", "rpc", c) for c in plan.rpc_clients]
+        for key, scenario, clients in scenarios:
+            for mode, result in (await measure(servers, plan, workdir, scenario, clients)).items():
+                out[mode][key] = result
         stop.set()
-        out["scrapes"] = await scraping if scraping else 0
+        for mode, task in scraping.items():
+            out[mode]["scrapes"] = await task
+        out["off"]["scrapes"] = 0
     finally:
         stop.set()
-        await server.stop()
+        for server in servers.values():
+            await server.stop()
     return out
 
 
@@ -191,17 +221,17 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
         workdir = Path(tmp)
         for i in range(args.repeat):
-            for mode in MODES[i % 3 :] + MODES[: i % 3]:
-                result = await one_mode(mode, plan, workdir, users)
-                runs[mode].append(result)
+            result = await one_round(plan, workdir, users)
+            for mode in MODES:
+                runs[mode].append(result[mode])
                 figures = "  ".join(
                     f"{k} {v['per_s']:.0f}/s ({v['server_cores']:.2f} cores)"
-                    for k, v in result.items()
+                    for k, v in result[mode].items()
                     if isinstance(v, dict)
                 )
-                errors = {k: v["errors"] for k, v in result.items() if isinstance(v, dict)}
+                errors = {k: v["errors"] for k, v in result[mode].items() if isinstance(v, dict)}
                 errors = {k: e for k, e in errors.items() if e}
-                print(f"run {i + 1} {mode:6s} {figures}  scrapes {result['scrapes']}"
+                print(f"run {i + 1} {mode:6s} {figures}  scrapes {result[mode]['scrapes']}"
                       f"{'  errors ' + str(errors) if errors else ''}", flush=True)  # fmt: skip
     keys = [k for k, v in runs["off"][0].items() if isinstance(v, dict)]
     labels = {"frames": f"streamed frames/s ({plan.stream_conns} conns)"}

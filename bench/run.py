@@ -333,14 +333,25 @@ async def measure_window(
     """Wait for every load process, start them, and mark a window after ``warmup``.
 
     Returns (ready, first mark, second mark, the load processes' results)."""
-    ready = await all_ready(procs, 120)
-    for p in procs:
-        p.send("GO")
+    return (await measure_windows([(server, procs)], warmup, seconds))[0]
+
+
+async def measure_windows(
+    groups: list[tuple[Server, list[LoadProc]]], warmup: float, seconds: float
+) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]]:
+    """:func:`measure_window` for several servers under load at the same time, each with its
+    own load processes: one window, the same marks for all (side by side, the machine's
+    drift is the same for each)."""
+    ready = await asyncio.gather(*(all_ready(procs, 120) for _, procs in groups))
+    for _, procs in groups:
+        for p in procs:
+            p.send("GO")
     await asyncio.sleep(warmup)
-    m1 = await mark(procs, server)
+    m1 = await asyncio.gather(*(mark(procs, server) for server, procs in groups))
     await asyncio.sleep(seconds)
-    m2 = await mark(procs, server)
-    return ready, m1, m2, await finish(procs, 60)
+    m2 = await asyncio.gather(*(mark(procs, server) for server, procs in groups))
+    results = await asyncio.gather(*(finish(procs, 60) for _, procs in groups))
+    return list(zip(ready, m1, m2, results, strict=True))
 
 
 def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:

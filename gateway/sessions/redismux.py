@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from hiredis import PushNotification
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.exceptions import ResponseError
 
 from gateway.errors import StoreUnavailable
@@ -52,8 +54,7 @@ Invalidated = Callable[[list[bytes] | None], None]
 """Called with the keys Redis says changed; ``None``: forget everything."""
 
 RETRY_AFTER = 1
-
-_PUSHED = object()
+READ_SIZE = 65536
 
 
 def bulk(value: bytes | str | int) -> bytes:
@@ -98,7 +99,11 @@ class RedisMux:
         on_invalidate: Invalidated,
     ) -> None:
         self._pool = aioredis.ConnectionPool.from_url(
-            url, protocol=3, socket_timeout=None, socket_connect_timeout=timeout
+            url,
+            protocol=3,
+            socket_timeout=None,
+            socket_connect_timeout=timeout,
+            parser_class=_AsyncHiredisParser,  # the reader parses with it (see _read)
         )
         self.timeout = timeout
         self.prefixes: list[str] = []
@@ -125,8 +130,6 @@ class RedisMux:
         conn = self._pool.make_connection()
         try:
             await conn.connect()
-            # redis-py routes RESP3 pushes to this parser hook (its own client cache uses it).
-            conn._parser.set_invalidation_push_handler(self._pushed)
             if self.prefixes:
                 args = ["CLIENT", "TRACKING", "ON", "BCAST"]
                 for prefix in self.prefixes:
@@ -231,27 +234,35 @@ class RedisMux:
             except Exception as exc:
                 self._broken(exc)
 
-    async def _pushed(self, response: list[Any]) -> object:
-        keys = response[1] if len(response) > 1 else None
-        self._on_invalidate(list(keys) if keys is not None else None)
-        return _PUSHED
-
     async def _read(self, conn: Any) -> None:
+        """Match replies to calls until the connection breaks.
+
+        Replies are taken straight from the connection's hiredis reader, as many
+        as each socket read completed, with one ``await`` per read rather than
+        three per reply (redis-py's ``read_response`` path); the connection's
+        handshake went through redis-py, so the reader holds whatever came with it.
+        """
+        stream, parser = conn._reader, conn._parser._reader
         pending = self._pending
         while True:
-            try:
-                reply = await conn.read_response(
-                    timeout=math.inf, push_request=True, disconnect_on_error=False
-                )
-            except ResponseError as exc:
-                reply = exc
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                self._broken(exc)
-                return
-            self.heard = time.monotonic()
-            if reply is _PUSHED:
+            reply = parser.gets()
+            if reply is NOT_ENOUGH_DATA:
+                try:
+                    data = await stream.read(READ_SIZE)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    self._broken(exc)
+                    return
+                if not data:
+                    self._broken(ConnectionError("Redis closed the connection"))
+                    return
+                parser.feed(data)
+                self.heard = time.monotonic()
+                continue
+            if type(reply) is PushNotification:
+                keys = reply[1] if len(reply) > 1 and reply[0] == b"invalidate" else None
+                self._on_invalidate(list(keys) if keys is not None else None)
                 continue
             if not pending:
                 self._broken(RuntimeError("reply without a call"))
