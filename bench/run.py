@@ -309,6 +309,8 @@ async def all_ready(procs: list[LoadProc], timeout: float) -> dict[str, Any]:
 
 async def mark(procs: list[LoadProc], server: Server) -> dict[str, Any]:
     snap = {"t": time.monotonic(), "server_cpu": server.cpu(), "busy": system_busy()}
+    redis = getattr(server, "redis", None)  # a gateway on a private redis-server (scale.py)
+    snap["redis_cpu"] = redis.cpu() if redis is not None else 0.0
     for p in procs:
         p.send("MARK")
     marks = await asyncio.gather(*(p.expect("MARK", 30) for p in procs))

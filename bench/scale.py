@@ -1,10 +1,17 @@
 """Test (s) of bench/run.py: what the Redis store and `--workers 2` cost and give.
 
-Three gateway set-ups, each a fresh server, back to back:
+Three gateway set-ups, fresh servers in each round:
 
   memory     one process, memory store (the baseline)
   redis      one process, Redis store (a private redis-server started here)
   redis-w2   `gateway serve --workers 2`, Redis store
+
+``memory`` and ``redis`` run side by side: both up and loaded at once and
+measured in the same window (this machine's speed drifts by up to 50 % within
+a minute; one after the other, the ratio compared that drift), and the
+reported ratio is the median over rounds of redis / memory within a round.
+``redis-w2`` runs after them on its own (two processes beside two others
+would take two shares of the cores), so its ratio spans two windows.
 
 For each: streamed frames/s (the flood scenario of test a) and JSON-RPC round
 trips/s (`chat.getCurrentModel`, the rpc scenario of test c, which reads the
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -142,41 +150,36 @@ class GatewaySetup(runlib.Server):
 
 
 async def _measure(
-    server: GatewaySetup | runlib.Server,
-    scenario: str,
-    count: int,
-    plan: ScalePlan,
-    workdir: Path,
-    redis: RedisProc | None,
-) -> dict[str, Any]:
-    procs = await runlib.start_loads(
-        2, server.port, scenario, count, workdir, model=runlib.FAST, concurrency=32
-    )
+    servers: list[GatewaySetup], scenario: str, count: int, plan: ScalePlan, workdir: Path
+) -> list[dict[str, Any]]:
+    """One window of ``scenario`` on every server at once, each under its own load."""
+    groups = []
     try:
-        ready = await runlib.all_ready(procs, 120)
-        for p in procs:
-            p.send("GO")
-        await asyncio.sleep(plan.warmup)
-        r1 = redis.cpu() if redis else 0.0
-        m1 = await runlib.mark(procs, server)  # type: ignore[arg-type]
-        await asyncio.sleep(plan.seconds)
-        m2 = await runlib.mark(procs, server)  # type: ignore[arg-type]
-        r2 = redis.cpu() if redis else 0.0
-        results = await runlib.finish(procs, 60)
+        for server in servers:
+            procs = await runlib.start_loads(
+                2, server.port, scenario, count, workdir, model=runlib.FAST, concurrency=32
+            )
+            groups.append((server, procs))
+        windows = await runlib.measure_windows(groups, plan.warmup, plan.seconds)  # type: ignore[arg-type]
     finally:
-        for p in procs:
-            await p.stop()
-    w = runlib._window(m1, m2)
-    unit = "frames" if scenario == "flood" else "calls"
-    done = m2[unit] - m1[unit]
-    return {
-        **w,
-        "connected": ready["connected"],
-        "per_s": done / w["seconds"],
-        "cpu_us": w["server_cpu"] / done * 1e6 if done else float("nan"),
-        "redis_cpu_us": (r2 - r1) / done * 1e6 if done else float("nan"),
-        "errors": {**ready["errors"], **runlib.merge_errors(results)},
-    }
+        for _, procs in groups:
+            for p in procs:
+                await p.stop()
+    out = []
+    for ready, m1, m2, results in windows:
+        w = runlib._window(m1, m2)
+        unit = "frames" if scenario == "flood" else "calls"
+        done = m2[unit] - m1[unit]
+        redis_cpu = m2["redis_cpu"] - m1["redis_cpu"]
+        out.append({
+            **w,
+            "connected": ready["connected"],
+            "per_s": done / w["seconds"],
+            "cpu_us": w["server_cpu"] / done * 1e6 if done else float("nan"),
+            "redis_cpu_us": redis_cpu / done * 1e6 if done else float("nan"),
+            "errors": {**ready["errors"], **runlib.merge_errors(results)},
+        })  # fmt: skip
+    return out
 
 
 async def _idle_memory(server: runlib.Server, n: int, workdir: Path) -> dict[str, Any]:
@@ -232,33 +235,44 @@ async def test_s(
     runs: dict[str, list[dict[str, Any]]] = {}
     users = max(users, plan.idle_conns + 1)
     for round_ in range(repeat):
-        for setup in SETUPS:
-            redis = RedisProc(workdir) if setup != "memory" else None
-            server = GatewaySetup(setup, users, workdir, redis)
+        # memory and redis side by side (one process each: an equal share of the cores);
+        # then redis-w2 alone (two processes would take two shares).
+        for batch in (SETUPS[:2], SETUPS[2:]):
+            redises = {setup: RedisProc(workdir) for setup in batch if setup != "memory"}
+            servers = [GatewaySetup(setup, users, workdir, redises.get(setup)) for setup in batch]
             try:
-                await server.start()
-                await runlib.warm_up(server, users - 1)
+                for server in servers:
+                    await server.start()
+                    await runlib.warm_up(server, users - 1)
                 for scenario, count in (("flood", plan.flood_conns), ("rpc", plan.rpc_clients)):
-                    r = await _measure(server, scenario, count, plan, workdir, redis)
-                    runs.setdefault(f"{setup}/{scenario}", []).append(r)
-                    unit = "frames" if scenario == "flood" else "calls"
-                    log(
-                        f"  (s) {setup:8s} {r['per_s']:8.0f} {unit}/s"
-                        f" {r['cpu_us']:6.1f} us/{unit[:-1]}"
-                        f" (redis-server {r['redis_cpu_us']:.1f}) server"
-                        f" {r['server_cores']:.2f} cores, clients {r['client_cores']:.2f},"
-                        f" other {r['other_cores']:.2f}"
-                        + (f" errors {r['errors']}" if r["errors"] else "")
-                    )
-                if setup == "redis-w2" and round_ == repeat - 1:
-                    r = out["redis-w2/idle"] = await _idle_memory(server, plan.idle_conns, workdir)
-                    log(f"  (s) {setup:8s} {r['connected']} idle: {r['kb_per_conn']:.1f} KiB/conn")
+                    results = await _measure(servers, scenario, count, plan, workdir)
+                    for server, r in zip(servers, results, strict=True):
+                        runs.setdefault(f"{server.setup}/{scenario}", []).append(r)
+                        unit = "frames" if scenario == "flood" else "calls"
+                        log(
+                            f"  (s) {server.setup:8s} {r['per_s']:8.0f} {unit}/s"
+                            f" {r['cpu_us']:6.1f} us/{unit[:-1]}"
+                            f" (redis-server {r['redis_cpu_us']:.1f}) server"
+                            f" {r['server_cores']:.2f} cores, clients {r['client_cores']:.2f},"
+                            f" other {r['other_cores']:.2f}"
+                            + (f" errors {r['errors']}" if r["errors"] else "")
+                        )
+                w2 = servers[0]
+                if w2.setup == "redis-w2" and round_ == repeat - 1:
+                    r = out["redis-w2/idle"] = await _idle_memory(w2, plan.idle_conns, workdir)
+                    log(f"  (s) redis-w2 {r['connected']} idle: {r['kb_per_conn']:.1f} KiB/conn")
             finally:
-                await server.stop()
-                if redis is not None:
+                for server in servers:
+                    await server.stop()
+                for redis in redises.values():
                     redis.stop()
     for key, rows in runs.items():
         out[key] = _medians(rows)
+        # Per round, then the median: memory and redis ran side by side in each round.
+        base = runs["memory/" + key.split("/")[1]]
+        out[key]["ratio"] = statistics.median(
+            r["per_s"] / b["per_s"] for r, b in zip(rows, base, strict=True)
+        )
     raw = runlib.Server("raw", users, workdir)
     try:
         await raw.start()
@@ -281,18 +295,20 @@ def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> str:
     def row(label: str, key: str, unit: str) -> list[str]:
-        base = res["memory/" + key]
         lines = [f"{label} ({unit}/s; server CPU µs per {unit[:-1]}; ratio to memory)"]
         for setup in SETUPS:
             r = res[f"{setup}/{key}"]
             extra = f" + redis-server {r['redis_cpu_us']:.1f}" if setup != "memory" else ""
             lines.append(
-                f"  {setup:9s} {r['per_s']:9,.0f}  {r['per_s'] / base['per_s']:5.2f}x"
+                f"  {setup:9s} {r['per_s']:9,.0f}  {r['ratio']:5.2f}x"
                 f"   {r['cpu_us']:6.1f} µs{extra}"
             )
         return lines
 
-    lines = ["(s) Redis store and --workers 2 (one run, same machine; medians of the rounds)"]
+    lines = [
+        "(s) Redis store and --workers 2 (medians of the rounds; memory and redis side by side,"
+        " ratio per round; redis-w2 alone after them)"
+    ]
     lines += row("streamed frames", "flood", "frames")
     lines += row("round trips", "rpc", "calls")
     for setup in SETUPS:
