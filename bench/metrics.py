@@ -3,10 +3,10 @@
     .venv/bin/python bench/metrics.py            # about 2 minutes
     .venv/bin/python bench/metrics.py --quick    # under a minute
 
-Three modes of ``gateway serve`` with ``bench/gateway.toml``, **side by side**:
-in each of ``--repeat`` rounds all three servers run at once, each under its
-own load process, and every figure is taken in the same window for all three
-(median over rounds reported):
+Three modes of ``gateway serve`` with ``bench/gateway.toml``, compared **side
+by side** in pairs: in each of ``--repeat`` rounds, ``off`` and ``on`` run at
+once, each under its own load processes, every figure taken in the same
+window for both; then ``off`` and ``on-mp`` the same way:
 
 - ``off``: ``GATEWAY_METRICS=off`` (every metric a no-op), text logs at WARNING;
 - ``on``: metrics on, JSON logs at INFO, ``/metrics`` scraped every second;
@@ -16,11 +16,11 @@ own load process, and every figure is taken in the same window for all three
 Each mode measures (a) 100 connections streaming the offline-fast model
 back to back (frames/s) and (c) JSON-RPC round trips with 1 and 50 clients
 (calls/s), with the load from separate processes (bench/load.py). Each ratio
-is the median over rounds of ``mode / off`` within the same window. Why side
+is the median over rounds of ``mode / off`` within its pair's window. Why side
 by side: this machine's speed drifts by up to 50 % within a minute (the same
 in-process dispatch timed 6.6 and 10.3 us in two runs), far more than the
 metrics cost, so servers measured one after the other compare the drift.
-Running at once, the servers share the same cores and the same drift; the
+Running at once, the two servers share the same cores and the same drift; the
 kernel gives each busy process an equal share, so the ratio of their
 throughputs is the ratio of their costs. Target >= 0.9x.
 
@@ -56,8 +56,8 @@ from run import (  # noqa: E402
 )
 
 MODES = ("off", "on", "on-mp")
-LOAD_PROCS = 1
-"""Load processes per server (three servers run at once)."""
+LOAD_PROCS = 2
+"""Load processes per server (two servers run at once)."""
 TARGET = 0.9
 
 
@@ -134,14 +134,16 @@ async def measure(
     return out
 
 
-async def one_round(plan: Plan, workdir: Path, users: int) -> dict[str, dict[str, Any]]:
-    """Every mode's server up at once; each scenario measured on all of them side by side."""
+async def one_round(
+    modes: tuple[str, ...], plan: Plan, workdir: Path, users: int
+) -> dict[str, dict[str, Any]]:
+    """The servers of ``modes`` up at once; each scenario measured on them side by side."""
     servers = {}
-    for mode in MODES:
+    for mode in modes:
         servers[mode] = Server("gateway", users, workdir)
         configure(servers[mode], mode, workdir)
     stop = asyncio.Event()
-    out: dict[str, dict[str, Any]] = {mode: {} for mode in MODES}
+    out: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
     try:
         for server in servers.values():
             await server.start()
@@ -212,6 +214,8 @@ async def main(args: argparse.Namespace) -> int:
     run.Quiet.max_wait = args.wait_quiet
     users = max(plan.stream_conns, *plan.rpc_clients) + 1
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    """Per mode, its runs; ``off`` holds the off run of each pair, ``off/<mode>`` those
+    paired with ``<mode>``."""
     off_us, on_us = await dispatch_cost()
     print(
         f"in-process dispatch (no sockets): {off_us:.1f} us/call without the observer, "
@@ -221,18 +225,23 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
         workdir = Path(tmp)
         for i in range(args.repeat):
-            result = await one_round(plan, workdir, users)
-            for mode in MODES:
+            for mode in MODES[1:]:
+                result = await one_round(("off", mode), plan, workdir, users)
                 runs[mode].append(result[mode])
-                figures = "  ".join(
-                    f"{k} {v['per_s']:.0f}/s ({v['server_cores']:.2f} cores)"
-                    for k, v in result[mode].items()
-                    if isinstance(v, dict)
-                )
-                errors = {k: v["errors"] for k, v in result[mode].items() if isinstance(v, dict)}
-                errors = {k: e for k, e in errors.items() if e}
-                print(f"run {i + 1} {mode:6s} {figures}  scrapes {result[mode]['scrapes']}"
-                      f"{'  errors ' + str(errors) if errors else ''}", flush=True)  # fmt: skip
+                runs["off"].append(result["off"])
+                runs.setdefault(f"off/{mode}", []).append(result["off"])
+                for name in ("off", mode):
+                    figures = "  ".join(
+                        f"{k} {v['per_s']:.0f}/s ({v['server_cores']:.2f} cores)"
+                        for k, v in result[name].items()
+                        if isinstance(v, dict)
+                    )
+                    errors = {
+                        k: v["errors"] for k, v in result[name].items() if isinstance(v, dict)
+                    }
+                    errors = {k: e for k, e in errors.items() if e}
+                    print(f"run {i + 1} {name:6s} {figures}  scrapes {result[name]['scrapes']}"
+                          f"{'  errors ' + str(errors) if errors else ''}", flush=True)  # fmt: skip
     keys = [k for k, v in runs["off"][0].items() if isinstance(v, dict)]
     labels = {"frames": f"streamed frames/s ({plan.stream_conns} conns)"}
     labels.update({f"calls/{c}": f"round trips/s ({c} clients)" for c in plan.rpc_clients})
@@ -241,10 +250,10 @@ async def main(args: argparse.Namespace) -> int:
     ok = True
     for key in keys:
         med = {mode: median([r[key]["per_s"] for r in runs[mode]]) for mode in MODES}
-        pairs = {mode: list(zip(runs[mode], runs["off"], strict=True)) for mode in MODES}
+        pairs = {m: list(zip(runs[m], runs[f"off/{m}"], strict=True)) for m in MODES[1:]}
         ratios = {
             mode: median([r[key]["per_s"] / o[key]["per_s"] for r, o in pairs[mode]])
-            for mode in MODES
+            for mode in MODES[1:]
         }
         ok &= all(ratios[m] >= TARGET for m in ("on", "on-mp"))
         print(
@@ -256,10 +265,10 @@ async def main(args: argparse.Namespace) -> int:
     print("server CPU per operation (us); ratio = off / mode")
     for key in keys:
         med = {mode: median([r[key]["cpu_us"] for r in runs[mode]]) for mode in MODES}
-        pairs = {mode: list(zip(runs[mode], runs["off"], strict=True)) for mode in MODES}
+        pairs = {m: list(zip(runs[m], runs[f"off/{m}"], strict=True)) for m in MODES[1:]}
         ratios = {
             mode: median([o[key]["cpu_us"] / r[key]["cpu_us"] for r, o in pairs[mode]])
-            for mode in MODES
+            for mode in MODES[1:]
         }
         print(
             f"{labels[key]:34s} {med['off']:9.1f} {med['on']:9.1f} {ratios['on']:5.2f}x "

@@ -21,9 +21,11 @@ cleanly does the same for itself (:func:`process_exiting`).
 **Off.** ``GATEWAY_METRICS=off`` (read at import) replaces every metric by a
 no-op: the benchmark's baseline, and a switch for whoever wants none.
 
-**Hot paths.** Frames and bytes sent are tallied in plain integers and added
-to their counters by :func:`flush` (once a second, and before every scrape),
-so writing a frame costs two integer additions, not a locked counter update.
+**Hot paths.** Frames and bytes sent, and each call's count and duration,
+are tallied in plain numbers and added to their metrics by :func:`flush`
+(once a second, and before every scrape), so writing a frame costs two
+integer additions and ending a call a few more, not locked counter updates
+(memory-mapped ones in multiprocess mode).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -193,6 +196,28 @@ DELTAS_MERGED = _metric(
 
 # JSON-RPC calls
 
+_CALL_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
+_CALL_BOUNDS = (*_CALL_BUCKETS, float("inf"))
+"""Upper bounds of :data:`CALL_DURATION`'s buckets, as prometheus-client keeps them."""
+
 CALLS = _metric(
     Counter,
     "gateway_calls",
@@ -204,25 +229,7 @@ CALL_DURATION = _metric(
     "gateway_call_duration_seconds",
     "Time from the start of a call to its response (streams: to the final result)",
     ["method"],
-    buckets=(
-        0.0005,
-        0.001,
-        0.0025,
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1,
-        2.5,
-        5,
-        10,
-        30,
-        60,
-        120,
-    ),
+    buckets=_CALL_BUCKETS,
 )
 ERRORS = _metric(
     Counter, "gateway_errors", "JSON-RPC error responses sent, by error code", ["code"]
@@ -356,8 +363,53 @@ def sent(size: int) -> None:
     tally.bytes += size
 
 
+class _Count:
+    """Increments of one counter child not yet added to it (see :func:`flush`)."""
+
+    __slots__ = ("child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.n = 0
+
+
+class _Times:
+    """Observations of one histogram child not yet added to it (see :func:`flush`)."""
+
+    __slots__ = ("child", "counts", "total")
+
+    def __init__(self, child: Any, buckets: int) -> None:
+        self.child = child
+        self.counts = [0] * buckets
+        self.total = 0.0
+
+
+_counts: list[_Count] = []
+_times: list[_Times] = []
+
+
+def _add_times(times: _Times) -> None:
+    """Add tallied observations to their histogram child: per bucket and to its sum.
+
+    prometheus-client (pinned to 0.26.x) keeps a histogram child's values in
+    ``_buckets`` (one value per upper bound, not cumulative) and ``_sum``, and
+    derives ``_count`` from the buckets; ``Histogram.observe`` is the same
+    two updates for one observation. tests/test_metrics.py checks the
+    exported counts exactly.
+    """
+    child = times.child
+    if isinstance(child, _Off):
+        return
+    counts, total = times.counts, times.total
+    times.counts, times.total = [0] * len(counts), 0.0
+    child._sum.inc(total)
+    for i, n in enumerate(counts):
+        if n:
+            child._buckets[i].inc(n)
+
+
 def flush() -> None:
-    """Move the hot-path tallies into their counters (cheap; call as often as you like)."""
+    """Move the hot-path tallies into their metrics (cheap; call as often as you like)."""
     tally = _tally
     frames, size, tally.frames, tally.bytes = tally.frames, tally.bytes, 0, 0
     if frames:
@@ -367,6 +419,13 @@ def flush() -> None:
     if merged:
         tally.merged += merged
         DELTAS_MERGED.inc(merged)
+    for count in _counts:
+        if count.n:
+            n, count.n = count.n, 0
+            count.child.inc(n)
+    for times in _times:
+        if times.total or any(times.counts):
+            _add_times(times)
 
 
 # JSON-RPC
@@ -383,23 +442,31 @@ class CallMetrics:
 
     def __init__(self, known: Callable[[str], bool]) -> None:
         self._known = known
-        self._calls: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
+        self._calls: dict[tuple[str, str], _Count] = {}
+        self._durations: dict[str, _Times] = {}
         self._errors: dict[int, Any] = {}
 
     def _count(self, method: str, outcome: str) -> None:
-        child = self._calls.get((method, outcome))
-        if child is None:
-            child = self._calls[(method, outcome)] = CALLS.labels(method, outcome)
-        child.inc()
+        count = self._calls.get((method, outcome))
+        if count is None:
+            count = self._calls[(method, outcome)] = _Count(CALLS.labels(method, outcome))
+            _counts.append(count)
+        count.n += 1
 
     def call_ended(self, method: str, outcome: str, seconds: float) -> None:
-        """A call of registered ``method`` ended (ok, error, cancelled, aborted)."""
+        """A call of registered ``method`` ended (ok, error, cancelled, aborted).
+
+        Tallied in plain numbers and added to the metrics by :func:`flush`: a
+        call costs a few additions, not three locked updates (memory-mapped
+        ones with ``--workers``)."""
         self._count(method, outcome)
-        child = self._durations.get(method)
-        if child is None:
-            child = self._durations[method] = CALL_DURATION.labels(method)
-        child.observe(seconds)
+        times = self._durations.get(method)
+        if times is None:
+            child = CALL_DURATION.labels(method)
+            times = self._durations[method] = _Times(child, len(_CALL_BOUNDS))
+            _times.append(times)
+        times.counts[bisect_left(_CALL_BOUNDS, seconds)] += 1
+        times.total += seconds
 
     def call_refused(self, method: object) -> None:
         """A call was refused before it ran (unknown method, bad params, not logged in...)."""

@@ -475,3 +475,44 @@ async def test_workers_2_metrics_count_both_workers_exactly(redis_url: str, tmp_
             assert m.get("gateway_redis_errors_total") == 0
         m = await until(sup, lambda m: m.get("gateway_connections") == 0)
         assert m.get("gateway_calls_total", method="chat.listModels", outcome="ok") == calls
+
+
+def test_tallied_call_durations_export_as_observed() -> None:
+    """Calls are tallied and added at flush: the histogram reads exactly as observe() would."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    durations = [0.0001, 0.0005, 0.0006, 0.001, 0.07, 0.7, 2.5, 100.0, 500.0]
+    observer = metrics.CallMetrics(lambda name: True)
+    for seconds in durations:
+        observer.call_ended("test.tally", "ok", seconds)
+    reference = Histogram(
+        "ref", "reference", buckets=metrics._CALL_BUCKETS, registry=CollectorRegistry()
+    )
+    for seconds in durations:
+        reference.observe(seconds)
+    expected = {
+        (s.name.removeprefix("ref"), s.labels.get("le")): s.value
+        for family in reference.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+    got = {
+        (name.removeprefix("gateway_call_duration_seconds"), labels.get("le")): value
+        for name, labels, value in metrics.samples()
+        if name.startswith("gateway_call_duration_seconds")
+        and labels.get("method") == "test.tally"
+        and not name.endswith("_created")
+    }
+    assert got == expected
+    assert _sample_where("gateway_calls_total", method="test.tally", outcome="ok") == len(durations)
+    # A second flush adds nothing more.
+    metrics.flush()
+    assert _sample_where("gateway_calls_total", method="test.tally", outcome="ok") == len(durations)
+
+
+def _sample_where(name: str, **labels: str) -> float:
+    return sum(
+        v
+        for n, ls, v in metrics.samples()
+        if n == name and all(ls.get(k) == x for k, x in labels.items())
+    )
