@@ -120,7 +120,7 @@ class AnthropicProvider:
             timeout=timeout(config),
             http_client=http,
         )
-        self._post = StreamingPost(self._client, http, PATH, upstream, config.read_timeout)
+        self._post = StreamingPost(self._client, http, PATH, upstream, config)
         self._slots = Slots(config)
         self._extra = extra_params(config)
 
@@ -152,21 +152,20 @@ class AnthropicProvider:
                 response = await self._post.send(content)
             try:
                 tally = _Tally(guard.upstream)
-                body = response.aiter_bytes()
+                body = response.content
                 while True:  # To the end of the body, so the connection can be reused.
                     with guard:
-                        try:
-                            data = await anext(body)
-                        except StopAsyncIteration:
-                            break
+                        data = await body.readany()
+                    if not data:  # the end of the body: the connection goes back to the pool
+                        break
                     for chunk in tally.read(data):
                         yield chunk
                     if tally.failure is not None:
                         raise tally.failure
             finally:
                 # Closing an unfinished response drops the connection: the upstream stops
-                # generating. A finished one goes back to the pool for the next request.
-                await response.aclose()
+                # generating. A finished one is back in the pool already.
+                response.close()
         finally:
             self._slots.release()
         if not tally.stopped:
@@ -174,7 +173,10 @@ class AnthropicProvider:
         yield Chunk(usage=tally.usage(), finish_reason=finish_reason(tally.stop_reason))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        try:
+            await self._post.aclose()
+        finally:
+            await self._client.close()
 
 
 class _Tally:

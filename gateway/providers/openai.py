@@ -99,7 +99,7 @@ class OpenAIProvider:
             timeout=timeout(config),
             http_client=http,
         )
-        self._post = StreamingPost(self._client, http, PATH, upstream, config.read_timeout)
+        self._post = StreamingPost(self._client, http, PATH, upstream, config)
         self._slots = Slots(config)
         self._limit_field = "max_tokens" if config.base_url else "max_completion_tokens"
         # What every request of this model sends besides its messages and sampling.
@@ -131,21 +131,20 @@ class OpenAIProvider:
                 response = await self._post.send(content)
             try:
                 reader = _Reader(guard.upstream)
-                body = response.aiter_bytes()
+                body = response.content
                 while True:
                     with guard:
-                        try:
-                            data = await anext(body)
-                        except StopAsyncIteration:
-                            break
+                        data = await body.readany()
+                    if not data:  # the end of the body: the connection goes back to the pool
+                        break
                     for chunk in reader.read(data):
                         yield chunk
                     if reader.failure is not None:
                         raise reader.failure
             finally:
                 # Closing an unfinished response drops the connection: the upstream stops
-                # generating. A finished one goes back to the pool for the next request.
-                await response.aclose()
+                # generating. A finished one is back in the pool already.
+                response.close()
         finally:
             self._slots.release()
         if reader.finish is None:
@@ -153,7 +152,10 @@ class OpenAIProvider:
         yield Chunk(usage=reader.usage, finish_reason=finish_reason(reader.finish))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        try:
+            await self._post.aclose()
+        finally:
+            await self._client.close()
 
 
 class _Reader:
