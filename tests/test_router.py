@@ -337,28 +337,6 @@ def test_a_conversation_that_fits_is_left_whole() -> None:
     assert trimmed.max_tokens == 512
 
 
-@pytest.mark.parametrize("text", ["plain ASCII words", "héllo wörld, 日本語のテキスト 🙂"])
-def test_a_conversation_is_kept_whole_exactly_when_its_counted_tokens_fit(text: str) -> None:
-    """fit skips counting when the prompt's bytes fit (a token is at least one byte); the
-    answer is the same as counting: whole up to the last window its tokens fit, trimmed below."""
-    messages = (
-        Message("system", "Be brief."),
-        Message("user", text),
-        Message("assistant", text * 3),
-        Message("user", text),
-    )
-    tokens = count_messages(messages)
-    size = 3 + sum(4 + len(m.role) + len(m.content.encode()) for m in messages)
-    assert size > tokens
-    for window in range(tokens + 95, size + 105):
-        config = replace(OFFLINE, context_window=window, max_output_tokens=100)
-        trimmed, dropped = fit(config, ChatRequest(messages=messages))
-        assert trimmed.max_tokens == 100
-        assert (dropped == 0) is (tokens <= window - 100), window
-        if dropped == 0:
-            assert trimmed.messages == messages
-
-
 def test_trimming_keeps_the_system_prompt_and_the_newest_turns() -> None:
     """The oldest turns go first; system messages and the latest user message always stay."""
     messages = history(20)
