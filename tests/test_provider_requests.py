@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.providers import env_proxy
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import ChatRequest, Message
 from gateway.providers.openai import OpenAIProvider
@@ -140,3 +141,20 @@ async def test_a_connect_that_hangs_past_connect_timeout_is_an_upstream_timeout(
     assert 0.25 < waited < 3
     assert info.value.data is not None and info.value.data["retryable"] is True
     assert "did not answer in time" in info.value.message
+
+
+def test_a_proxy_named_by_the_environment_is_looked_up_once_per_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the SDK's httpx2 client honoured them: HTTP(S)_PROXY with its credentials, and
+    NO_PROXY; the providers read it on a model's first request, not on every one."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy("https://api.example.com/v1/messages") == (None, None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.internal:3128")
+    proxy, auth = env_proxy("https://api.example.com/v1/messages")
+    assert proxy == "http://proxy.internal:3128"
+    assert auth is not None and (auth.login, auth.password) == ("user", "secret")
+    assert env_proxy("http://api.example.com/v1") == (None, None)  # no HTTP_PROXY
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    assert env_proxy("https://api.example.com/v1/messages") == (None, None)
