@@ -1,14 +1,14 @@
 """Anthropic models over the official SDK: a streamed ``POST /v1/messages``.
 
-One ``anthropic.AsyncAnthropic`` client per model on the SDK's aiohttp
-transport with the limits of :mod:`gateway.providers` (``max_retries=0``: the
+One ``anthropic.AsyncAnthropic`` client per model (``max_retries=0``: the
 router fails over instead). The SDK client says what a request looks like
 (base URL, auth and ``anthropic-version`` headers), read once
-(:mod:`gateway.providers.request`); each request goes out through the SDK's
-HTTP client, and the gateway reads the event stream itself with orjson, as
-the OpenAI provider does. The
-base URL is always passed, so ``ANTHROPIC_BASE_URL`` in the gateway's
-environment cannot redirect a model.
+(:mod:`gateway.providers.request`); each request goes out through the
+model's pooled aiohttp session, with the limits and timeouts of
+:mod:`gateway.providers`, and the gateway reads the event stream itself
+with orjson, as the OpenAI provider does. The base URL is always passed,
+so ``ANTHROPIC_BASE_URL`` in the gateway's environment cannot redirect a
+model.
 
 Mapping a :class:`ChatRequest` onto the Messages API:
 

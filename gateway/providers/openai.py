@@ -1,13 +1,13 @@
 """OpenAI chat models, and OpenAI-compatible servers (vLLM, Ollama, DeepSeek) via ``base_url``.
 
-One ``openai.AsyncOpenAI`` client per model, shared by its requests, on the
-SDK's aiohttp transport with the limits of :mod:`gateway.providers`
-(``max_retries=0``: the router fails over instead). The SDK client says what
-a request looks like (base URL, auth and identification headers), read once
-(:mod:`gateway.providers.request`); each request goes out through the SDK's
-HTTP client with the orjson body. The gateway reads the response's event
-stream itself, decoding each ``data:`` event with orjson into the few fields
-it needs. No typed object per chunk: that was over half the CPU of a
+One ``openai.AsyncOpenAI`` client per model (``max_retries=0``: the router
+fails over instead). The SDK client says what a request looks like (base
+URL, auth and identification headers), read once
+(:mod:`gateway.providers.request`); each request goes out with the orjson
+body through the model's pooled aiohttp session, with the limits and
+timeouts of :mod:`gateway.providers`. The gateway reads the response's
+event stream itself, decoding each ``data:`` event with orjson into the few
+fields it needs. No typed object per chunk: that was over half the CPU of a
 streamed chunk.
 
 The request streams with ``stream_options={"include_usage": True}``; the
