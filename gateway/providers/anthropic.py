@@ -62,7 +62,7 @@ from gateway.providers.errors import (
     map_exceptions,
     stream_error,
 )
-from gateway.providers.request import StreamingPost
+from gateway.providers.request import READ_SIZE, StreamingPost
 from gateway.providers.sse import EventSplitter
 
 __all__ = ["ANTHROPIC_BASE_URL", "OPENING_PLACEHOLDER", "AnthropicProvider", "to_messages"]
@@ -155,7 +155,7 @@ class AnthropicProvider:
                 body = response.content
                 while True:  # To the end of the body, so the connection can be reused.
                     with guard:
-                        data = await body.readany()
+                        data = await body.read(READ_SIZE)
                     if not data:  # the end of the body: the connection goes back to the pool
                         break
                     for chunk in tally.read(data):

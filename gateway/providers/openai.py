@@ -57,7 +57,7 @@ from gateway.providers.errors import (
     map_exceptions,
     stream_error,
 )
-from gateway.providers.request import StreamingPost
+from gateway.providers.request import READ_SIZE, StreamingPost
 from gateway.providers.sse import EventSplitter
 
 __all__ = ["OPENAI_BASE_URL", "OpenAIProvider"]
@@ -134,7 +134,7 @@ class OpenAIProvider:
                 body = response.content
                 while True:
                     with guard:
-                        data = await body.readany()
+                        data = await body.read(READ_SIZE)
                     if not data:  # the end of the body: the connection goes back to the pool
                         break
                     for chunk in reader.read(data):

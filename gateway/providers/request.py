@@ -10,7 +10,7 @@ library it runs on), adds the defaults of the SDK's HTTP client (the
 ``accept-encoding``, ``connection``), and from then on sends each answer's
 request itself, straight through one pooled ``aiohttp.ClientSession`` per
 model (:func:`gateway.providers.session`), and reads the body with
-``response.content.readany()``.
+``response.content.read(READ_SIZE)``.
 
 Why not ``client.post(..., stream=True)`` on every request: the SDK's
 request path rebuilds all of that per call (a pydantic options model and
@@ -45,7 +45,12 @@ if TYPE_CHECKING:
     import aiohttp
     import httpx2
 
-__all__ = ["SDKClient", "StreamingPost", "prepare"]
+__all__ = ["READ_SIZE", "SDKClient", "StreamingPost", "prepare"]
+
+READ_SIZE = 16 * 1024
+"""Most bytes of the body taken per read, as the SDK's aiohttp transport read them: what a
+fast upstream has sent while the gateway was busy is split into pieces of at most this
+much, which a lagging client's outbound queue can still merge (up to 64 KiB a frame)."""
 
 
 class SDKClient(Protocol):
@@ -121,18 +126,6 @@ class StreamingPost:
         self._headers: tuple[tuple[str, str], ...] = ()
         self._proxy: tuple[str | None, aiohttp.BasicAuth | None] = (None, None)
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        if not self._url:
-            self._prepare()
-        return self._url
-
-    @property
-    def headers(self) -> tuple[tuple[str, str], ...]:
-        if not self._url:
-            self._prepare()
-        return self._headers
 
     def _prepare(self) -> None:
         self._url, self._headers = prepare(
