@@ -25,7 +25,9 @@ from gateway.providers.anthropic import OPENING_PLACEHOLDER, AnthropicProvider
 from gateway.providers.base import ChatRequest, Chunk, Message, ModelConfig
 from gateway.providers.errors import parse_retry_after
 from gateway.providers.openai import OpenAIProvider
+from gateway.providers.router import fit
 from gateway.providers.sse import EventSplitter
+from gateway.providers.tokens import count_messages
 from tests.fakes import AnthropicFake, FakeServer, OpenAIFake, Reply, collect, shut
 
 Network = OpenAIProvider | AnthropicProvider
@@ -535,3 +537,30 @@ def test_events_are_split_across_reads_with_names_comments_and_crlf() -> None:
     for cut in range(len(wire) + 1):
         splitter = EventSplitter()
         assert splitter.feed(wire[:cut]) + splitter.feed(wire[cut:]) == expected, cut
+
+
+# Fitting the window
+
+
+@pytest.mark.parametrize("text", ["plain ASCII words", "héllo wörld, 日本語のテキスト 🙂"])
+def test_a_conversation_is_kept_whole_exactly_when_its_counted_tokens_fit(text: str) -> None:
+    """fit skips counting when the prompt's bytes fit (a token is at least one byte); the
+    answer is the same as counting: whole up to the last window its tokens fit, trimmed below."""
+    messages = (
+        Message("system", "Be brief."),
+        Message("user", text),
+        Message("assistant", text * 3),
+        Message("user", text),
+    )
+    tokens = count_messages(messages)
+    size = 3 + sum(4 + len(m.role) + len(m.content.encode()) for m in messages)
+    assert size > tokens
+    for window in range(tokens + 95, size + 105):
+        config = ModelConfig(
+            name="m", provider="offline", model="m", context_window=window, max_output_tokens=100
+        )
+        trimmed, dropped = fit(config, ChatRequest(messages=messages))
+        assert trimmed.max_tokens == 100
+        assert (dropped == 0) is (tokens <= window - 100), window
+        if dropped == 0:
+            assert trimmed.messages == messages

@@ -1,17 +1,22 @@
 """Model providers: one :class:`Provider` protocol, offline/OpenAI/Anthropic implementations.
 
-This module also holds what the network providers share: the HTTP client
+This module also holds what the network providers share: the HTTP session
 each model gets (transport, timeouts, connection limits) and the slots that
 bound its concurrent requests. It imports no provider module, so every
 provider module can import it.
 
-Transport choices, per model (each model owns one client, shared by its requests):
+Transport choices, per model (each model owns one pool, shared by its requests):
 
-- The SDKs' aiohttp transport (``DefaultAioHttpClient``: the SDK's httpx2
-  client with aiohttp's C HTTP parser underneath). Measured against the
-  default httpx2/httpcore2/h11 transport reading the same stream
-  (bench/README.md): about 2.5x less CPU per chunk and half the CPU per
-  request.
+- aiohttp, with its C HTTP parser: one ``aiohttp.ClientSession`` per model
+  (:func:`session`), opened on the model's first request. Each streamed
+  request goes through it directly (:mod:`gateway.providers.request`). The
+  SDK client keeps an HTTP client of its own (the SDK's aiohttp transport
+  under httpx2, ``DefaultAioHttpClient``, :func:`http_client`) that sends
+  nothing: the gateway reads its default headers, once. Measured on the same
+  stream (bench/README.md): the SDK's aiohttp transport took about 2.5x less
+  CPU per chunk and half the CPU per request of the default
+  httpx2/httpcore2/h11 one; going around httpx2 altogether took a further
+  tenth of a short answer's CPU.
 - ``connect_timeout`` (5 s): an unreachable provider must fail fast so the
   router can fail over while the user still waits for a first token.
 - ``read_timeout`` (60 s): the longest silence, both before the response
@@ -25,6 +30,10 @@ Transport choices, per model (each model owns one client, shared by its requests
   transport's, so that wait is told apart from a slow connect; the transport's
   pool has the same size and so never makes anyone wait. Idle connections are
   kept 30 s for reuse (keep-alive).
+- No cookie jar: the API calls are authenticated by key, and one session
+  serves every user. A proxy named by the environment (``HTTPS_PROXY``,
+  ``NO_PROXY``, as httpx2 honoured them) is looked up once per model, not on
+  every request.
 - SDK retries are off (``max_retries=0``): the router fails over to the
   model's ``fallbacks`` itself, and an SDK retrying with back-off (0.5-8 s)
   would stall a user waiting for the first token.
@@ -42,6 +51,7 @@ from gateway.providers.base import ChatRequest, Chunk, Message, ModelConfig, Pro
 if TYPE_CHECKING:
     import ssl
 
+    import aiohttp
     import httpx2
 
 __all__ = [
@@ -52,10 +62,13 @@ __all__ = [
     "Provider",
     "Slots",
     "Usage",
+    "client_timeout",
+    "env_proxy",
     "extra_params",
     "http_client",
     "output_limit",
     "sampling_temperature",
+    "session",
     "timeout",
 ]
 
@@ -86,17 +99,63 @@ def timeout(config: ModelConfig) -> httpx2.Timeout:
     )
 
 
+def client_timeout(config: ModelConfig) -> aiohttp.ClientTimeout:
+    """The same timeouts as :func:`timeout`, for the model's aiohttp session: no bound on the
+    whole answer, ``read_timeout`` on each read (the response head and every chunk)."""
+    import aiohttp
+
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=config.connect_timeout + config.pool_timeout,  # see ``pool`` in :func:`timeout`
+        sock_connect=config.connect_timeout,
+        sock_read=config.read_timeout,
+    )
+
+
+def session(config: ModelConfig) -> aiohttp.ClientSession:
+    """A new pooled aiohttp session for one model (call it inside the running loop); its
+    owner closes it."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(
+        limit=config.max_connections,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_EXPIRY,
+        ssl=_tls(),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=client_timeout(config),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,  # proxies: :func:`env_proxy`, once
+    )
+
+
+def env_proxy(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy (and its credentials) the environment names for ``url``, or ``(None, None)``:
+    what aiohttp's ``trust_env`` would look up per request."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+    return str(proxy), auth
+
+
 @lru_cache(maxsize=1)
 def _tls() -> ssl.SSLContext:
     import httpx2
 
-    # Loading the CA store takes ~0.1 s; one context serves every model's client.
+    # Loading the CA store takes ~0.1 s; one context serves every model's clients.
     return httpx2.create_ssl_context()
 
 
 def http_client(config: ModelConfig, cls: type[httpx2.AsyncClient]) -> httpx2.AsyncClient:
-    """A new pooled client of ``cls`` (an SDK's ``DefaultAioHttpClient``) for one model; the
-    provider closes it in ``aclose``."""
+    """A new pooled client of ``cls`` (an SDK's ``DefaultAioHttpClient``) for one model's SDK
+    client, which the provider closes in ``aclose``. The gateway's own requests do not go
+    through it (:func:`session`); its defaults are read into them."""
     import httpx2
 
     limits = httpx2.Limits(

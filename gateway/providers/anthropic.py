@@ -1,14 +1,14 @@
 """Anthropic models over the official SDK: a streamed ``POST /v1/messages``.
 
-One ``anthropic.AsyncAnthropic`` client per model on the SDK's aiohttp
-transport with the limits of :mod:`gateway.providers` (``max_retries=0``: the
+One ``anthropic.AsyncAnthropic`` client per model (``max_retries=0``: the
 router fails over instead). The SDK client says what a request looks like
 (base URL, auth and ``anthropic-version`` headers), read once
-(:mod:`gateway.providers.request`); each request goes out through the SDK's
-HTTP client, and the gateway reads the event stream itself with orjson, as
-the OpenAI provider does. The
-base URL is always passed, so ``ANTHROPIC_BASE_URL`` in the gateway's
-environment cannot redirect a model.
+(:mod:`gateway.providers.request`); each request goes out through the
+model's pooled aiohttp session, with the limits and timeouts of
+:mod:`gateway.providers`, and the gateway reads the event stream itself
+with orjson, as the OpenAI provider does. The base URL is always passed,
+so ``ANTHROPIC_BASE_URL`` in the gateway's environment cannot redirect a
+model.
 
 Mapping a :class:`ChatRequest` onto the Messages API:
 
@@ -62,7 +62,7 @@ from gateway.providers.errors import (
     map_exceptions,
     stream_error,
 )
-from gateway.providers.request import StreamingPost
+from gateway.providers.request import READ_SIZE, StreamingPost
 from gateway.providers.sse import EventSplitter
 
 __all__ = ["ANTHROPIC_BASE_URL", "OPENING_PLACEHOLDER", "AnthropicProvider", "to_messages"]
@@ -120,7 +120,7 @@ class AnthropicProvider:
             timeout=timeout(config),
             http_client=http,
         )
-        self._post = StreamingPost(self._client, http, PATH, upstream, config.read_timeout)
+        self._post = StreamingPost(self._client, http, PATH, upstream, config)
         self._slots = Slots(config)
         self._extra = extra_params(config)
 
@@ -152,21 +152,20 @@ class AnthropicProvider:
                 response = await self._post.send(content)
             try:
                 tally = _Tally(guard.upstream)
-                body = response.aiter_bytes()
+                body = response.content
                 while True:  # To the end of the body, so the connection can be reused.
                     with guard:
-                        try:
-                            data = await anext(body)
-                        except StopAsyncIteration:
-                            break
+                        data = await body.read(READ_SIZE)
+                    if not data:  # the end of the body: the connection goes back to the pool
+                        break
                     for chunk in tally.read(data):
                         yield chunk
                     if tally.failure is not None:
                         raise tally.failure
             finally:
                 # Closing an unfinished response drops the connection: the upstream stops
-                # generating. A finished one goes back to the pool for the next request.
-                await response.aclose()
+                # generating. A finished one is back in the pool already.
+                response.close()
         finally:
             self._slots.release()
         if not tally.stopped:
@@ -174,7 +173,10 @@ class AnthropicProvider:
         yield Chunk(usage=tally.usage(), finish_reason=finish_reason(tally.stop_reason))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        try:
+            await self._post.aclose()
+        finally:
+            await self._client.close()
 
 
 class _Tally:

@@ -1,19 +1,25 @@
-"""Foreign exceptions (SDK, httpx2, JSON) become :mod:`gateway.errors` upstream errors here.
+"""Foreign exceptions (aiohttp, SDK, httpx2, JSON) become :mod:`gateway.errors` upstream errors.
 
-Each provider module wraps every call into its SDK in a :func:`map_exceptions`
-guard built from its own table, most specific class first, ending with the
-:data:`TRANSPORT` entries every provider shares::
+Each provider module wraps every call into the network in a
+:func:`map_exceptions` guard built from its own table, most specific class
+first, ending with the :data:`TRANSPORT` entries every provider shares::
 
+    aiohttp.ServerTimeoutError                          -> UpstreamTimeout
+        (the connect timeout; read silence before the head or between chunks)
+    aiohttp.ClientError                                 -> UpstreamUnavailable
+        (refused or failed connection, a body cut short, a dropped connection)
     openai.APITimeoutError, httpx2.TimeoutException     -> from_timeout (below)
     openai.APIConnectionError, httpx2.TransportError    -> UpstreamUnavailable
-    aiohttp.ClientError                                 -> UpstreamUnavailable
     openai.APIStatusError                               -> from_status (below)
     json.JSONDecodeError, pydantic.ValidationError      -> UpstreamProtocolError
 
-:func:`from_timeout`: the aiohttp transport reports some failures that are not
-timeouts as httpx2 timeouts (a refused connection becomes ``ConnectTimeout``);
-the chain of causes tells them apart, so a refused connection stays
-UpstreamUnavailable.
+The providers' requests go through aiohttp directly
+(:mod:`gateway.providers.request`), so its exceptions are the ones raised;
+the SDK and httpx2 entries map what a call through the SDK client raises.
+:func:`from_timeout`: the SDK's aiohttp transport reports some failures that
+are not timeouts as httpx2 timeouts (a refused connection becomes
+``ConnectTimeout``); the chain of causes tells them apart, so a refused
+connection stays UpstreamUnavailable.
 
 :func:`status_error` (and :func:`from_status`, for an SDK status error): 401/403
 auth, 429 rate limited (``retry-after``), 408/504 timeout, other 5xx

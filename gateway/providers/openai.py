@@ -1,13 +1,13 @@
 """OpenAI chat models, and OpenAI-compatible servers (vLLM, Ollama, DeepSeek) via ``base_url``.
 
-One ``openai.AsyncOpenAI`` client per model, shared by its requests, on the
-SDK's aiohttp transport with the limits of :mod:`gateway.providers`
-(``max_retries=0``: the router fails over instead). The SDK client says what
-a request looks like (base URL, auth and identification headers), read once
-(:mod:`gateway.providers.request`); each request goes out through the SDK's
-HTTP client with the orjson body. The gateway reads the response's event
-stream itself, decoding each ``data:`` event with orjson into the few fields
-it needs. No typed object per chunk: that was over half the CPU of a
+One ``openai.AsyncOpenAI`` client per model (``max_retries=0``: the router
+fails over instead). The SDK client says what a request looks like (base
+URL, auth and identification headers), read once
+(:mod:`gateway.providers.request`); each request goes out with the orjson
+body through the model's pooled aiohttp session, with the limits and
+timeouts of :mod:`gateway.providers`. The gateway reads the response's
+event stream itself, decoding each ``data:`` event with orjson into the few
+fields it needs. No typed object per chunk: that was over half the CPU of a
 streamed chunk.
 
 The request streams with ``stream_options={"include_usage": True}``; the
@@ -57,7 +57,7 @@ from gateway.providers.errors import (
     map_exceptions,
     stream_error,
 )
-from gateway.providers.request import StreamingPost
+from gateway.providers.request import READ_SIZE, StreamingPost
 from gateway.providers.sse import EventSplitter
 
 __all__ = ["OPENAI_BASE_URL", "OpenAIProvider"]
@@ -99,7 +99,7 @@ class OpenAIProvider:
             timeout=timeout(config),
             http_client=http,
         )
-        self._post = StreamingPost(self._client, http, PATH, upstream, config.read_timeout)
+        self._post = StreamingPost(self._client, http, PATH, upstream, config)
         self._slots = Slots(config)
         self._limit_field = "max_tokens" if config.base_url else "max_completion_tokens"
         # What every request of this model sends besides its messages and sampling.
@@ -131,21 +131,20 @@ class OpenAIProvider:
                 response = await self._post.send(content)
             try:
                 reader = _Reader(guard.upstream)
-                body = response.aiter_bytes()
+                body = response.content
                 while True:
                     with guard:
-                        try:
-                            data = await anext(body)
-                        except StopAsyncIteration:
-                            break
+                        data = await body.read(READ_SIZE)
+                    if not data:  # the end of the body: the connection goes back to the pool
+                        break
                     for chunk in reader.read(data):
                         yield chunk
                     if reader.failure is not None:
                         raise reader.failure
             finally:
                 # Closing an unfinished response drops the connection: the upstream stops
-                # generating. A finished one goes back to the pool for the next request.
-                await response.aclose()
+                # generating. A finished one is back in the pool already.
+                response.close()
         finally:
             self._slots.release()
         if reader.finish is None:
@@ -153,7 +152,10 @@ class OpenAIProvider:
         yield Chunk(usage=reader.usage, finish_reason=finish_reason(reader.finish))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        try:
+            await self._post.aclose()
+        finally:
+            await self._client.close()
 
 
 class _Reader:

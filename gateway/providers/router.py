@@ -21,9 +21,15 @@ from typing import Any
 from gateway import metrics
 from gateway.errors import LimitExceeded, ModelUnavailable, UpstreamError
 from gateway.providers import output_limit
-from gateway.providers.base import ChatRequest, Chunk, ModelConfig, Provider, Usage
+from gateway.providers.base import ChatRequest, Chunk, Message, ModelConfig, Provider, Usage
 from gateway.providers.offline import OfflineProvider
-from gateway.providers.tokens import REPLY_PRIMING, count_message, count_messages, count_text
+from gateway.providers.tokens import (
+    MESSAGE_OVERHEAD,
+    REPLY_PRIMING,
+    count_message,
+    count_messages,
+    count_text,
+)
 from gateway.providers.tokens import encoding as load_encoding
 
 __all__ = ["ModelRouter", "RoutedStream", "StreamResult", "cost", "fit"]
@@ -50,11 +56,16 @@ def fit(config: ModelConfig, request: ChatRequest) -> tuple[ChatRequest, int]:
     and everything from the latest user message on are always kept; older
     turns are kept newest first while they fit, and a trimmed history never
     opens with an assistant turn (its question is gone). Raises
-    :class:`LimitExceeded` when even that minimum does not fit.
+    :class:`LimitExceeded` when even that minimum does not fit. A prompt
+    whose UTF-8 bytes fit is not counted at all (the common case: a few
+    microseconds rather than a hash and a cache look-up per message).
     """
     limit = output_limit(config, request)
     budget = config.context_window - limit
     messages = request.messages
+    if _byte_bound(messages) <= budget:
+        # Everything fits, no need to count: a token stands for at least one byte of UTF-8.
+        return replace(request, max_tokens=limit), 0
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages))
     keep = {i for i, m in enumerate(messages) if m.role == "system" or i >= last_user}
     used = REPLY_PRIMING + sum(count_message(messages[i]) for i in keep)
@@ -83,6 +94,16 @@ def fit(config: ModelConfig, request: ChatRequest) -> tuple[ChatRequest, int]:
     dropped = len(messages) - len(keep)
     trimmed = tuple(m for i, m in enumerate(messages) if i in keep) if dropped else messages
     return replace(request, messages=trimmed, max_tokens=limit), dropped
+
+
+def _byte_bound(messages: tuple[Message, ...]) -> int:
+    """At least the prompt tokens of ``messages`` (each token is one byte of text or more)."""
+    total = REPLY_PRIMING
+    for m in messages:
+        content = m.content
+        size = len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
+        total += MESSAGE_OVERHEAD + len(m.role) + size
+    return total
 
 
 def cost(config: ModelConfig, usage: Usage) -> float | None:

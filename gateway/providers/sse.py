@@ -1,6 +1,6 @@
 """Server-sent events, split from a byte stream with as little work per event as possible.
 
-The providers read the SDK's raw HTTP response and need only a few fields of
+The providers read the raw HTTP response body and need only a few fields of
 each event, so they skip the SDKs' typed decoders: :class:`EventSplitter`
 cuts the bytes into events and gives each event's name and data, and the
 provider decodes the data with orjson. Both providers' APIs send

@@ -16,7 +16,8 @@ Replies are used in order, one per request; with none left the fake sends
 answered 401, as the real API would. Connections are kept alive, as the real
 APIs' are: one connection serves request after request, and each
 :class:`RecordedRequest` names its ``connection`` (numbered from 1 in the
-order they were opened; ``fake.connections`` counts them). A client that
+order they were opened; ``fake.connections`` counts them, and
+``fake.open_connections`` those the client has not closed yet). A client that
 closes its response early must close the connection (HTTP/1.1 has no other
 way to stop a response), which the fake sees at once as end-of-file.
 """
@@ -210,6 +211,17 @@ class FakeServer:
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}{self.base_path}"
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections open now (the client has not closed them)."""
+        return len(self._connections)
+
+    async def all_closed(self, *, timeout: float = 5.0) -> None:
+        """Return once every connection the fake accepted has been closed by the client."""
+        async with asyncio.timeout(timeout):
+            while self._connections:
+                await asyncio.sleep(0.01)
 
     @property
     def env(self) -> dict[str, str]:
