@@ -1,6 +1,6 @@
 """Resumable streams: streamed frames/s with the stream log on vs off, in one run.
 
-    .venv/bin/python bench/resume.py              # memory and Redis, 3 rounds each, ~5 minutes
+    .venv/bin/python bench/resume.py              # memory and Redis, 3 rounds each, ~1.5 minutes
     .venv/bin/python bench/resume.py --rounds 1   # a smoke run
     .venv/bin/python bench/resume.py --stores redis
 
