@@ -245,7 +245,8 @@ async def test_refresh_with_a_bad_token_closes_with_4500() -> None:
 
 async def test_token_expiring_mid_session_gets_32002_then_4501() -> None:
     """After the token's expiry the next call is -32002 and the socket closes with 4501."""
-    async with server() as gw, raw_client(gw, jwt("erin", ttl=1)) as client:
+    async with server() as gw, raw_client(gw, jwt("erin", ttl=2)) as client:
+        # exp is whole seconds: ttl=2 leaves 1-2 s, never a token already expired at connect.
         expires_at = (await client.call("auth.whoami"))["result"]["expiresAt"]
         await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.05)
         response = await client.call("chat.getCurrentModel")

@@ -258,8 +258,9 @@ async def test_a_4500_range_close_ends_the_client_without_reconnecting() -> None
 
 async def test_an_expired_token_ends_the_client_with_4501() -> None:
     """When the token expires the call fails (-32002 or close 4501) and nothing reconnects."""
-    token = mint_token(JWT_SECRET, "alice", ttl=1)
     async with gateway_server(api_keys=KEYS) as gw:
+        # Minted once the server is up: exp is whole seconds, so ttl=2 leaves 1-2 s to connect.
+        token = mint_token(JWT_SECRET, "alice", ttl=2)
         async with connect(gw.ws_url, token=token, min_backoff=0.01) as client:
             async with asyncio.timeout(TIMEOUT):
                 assert client.expires_at is not None
