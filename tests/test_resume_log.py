@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from gateway.errors import StreamGap, StreamNotFound
 from gateway.sessions.redislink import RedisLink
 from gateway.streams.memory import MemoryStreamLog
 from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
-from gateway.streams.redis import RedisStreamLog
-from tests.redis_support import TEST_REDIS_TIMEOUT, redis_server, redis_url
+from gateway.streams.redis import OUTAGE_WAIT, RedisStreamLog
+from tests.redis_support import TEST_REDIS_TIMEOUT, RedisServer, redis_server, redis_url
 
 TIMEOUT = 5.0
 
@@ -172,12 +173,17 @@ async def test_a_cancelled_reader_does_not_disturb_the_others(make_log: MakeLog)
     assert a.cancelled()
 
 
-async def test_trimmed_history_is_a_gap_never_a_silent_hole(make_log: MakeLog) -> None:
-    """Past max_pieces the oldest are dropped; reading before them raises StreamGap."""
+@pytest.mark.parametrize("step", [20, 3], ids=["one-write", "many-writes"])
+async def test_trimmed_history_is_a_gap_never_a_silent_hole(make_log: MakeLog, step: int) -> None:
+    """Past max_pieces the oldest are dropped; reading before them raises StreamGap, whether
+    the pieces reach the log in one write or in many (each trimming what came before)."""
     log = make_log(max_pieces=8)
     stream_id = await new_stream(log)
-    for i in range(20):
-        log.append(stream_id, str(i))
+    for start in range(0, 20, step):
+        for i in range(start, min(start + step, 20)):
+            log.append(stream_id, str(i))
+        newest = min(start + step, 20) - 1
+        assert (await take(log.read(stream_id, newest - 1), 1)) == [Piece(newest, str(newest))]
     await log.finish(stream_id, StreamEnd({"finishReason": "stop"}))
     with pytest.raises(StreamGap) as gap:
         await read_all(log, stream_id, -1)
@@ -209,6 +215,31 @@ async def test_a_finished_log_expires_after_done_ttl(make_log: MakeLog) -> None:
     assert await log.list("alice") == []
     with pytest.raises(StreamNotFound):
         await read_all(log, stream_id, -1)
+
+
+async def test_redis_log_keys_expire_while_running_and_after_the_end(redis_url: str) -> None:
+    """A stream's log and info keys carry ``running_ttl`` from its first pieces on (the
+    heartbeat renews it) and ``done_ttl`` once it ended: nothing outlives a dead process."""
+    link = RedisLink(redis_url, timeout=TEST_REDIS_TIMEOUT)
+    await link.connect()
+    log = RedisStreamLog(link, running_ttl=120.0, done_ttl=30.0)
+    try:
+        stream_id = await new_stream(log)
+        keys = [link.key(f"st:{stream_id}", name) for name in ("log", "info")]
+        for i in range(3):
+            log.append(stream_id, f"w{i} ")
+            await asyncio.sleep(0.02)  # each piece its own write
+        async with asyncio.timeout(TIMEOUT):
+            while await link.client.xlen(keys[0]) < 3:
+                await asyncio.sleep(0.01)
+        for key in keys:
+            assert 100_000 < await link.client.pttl(key) <= 120_000, key
+        await log.finish(stream_id, StreamEnd({"finishReason": "stop"}))
+        for key in keys:
+            assert 0 < await link.client.pttl(key) <= 30_000, key
+    finally:
+        await log.aclose()
+        await link.aclose()
 
 
 async def test_list_gives_only_the_users_own_streams_newest_first(make_log: MakeLog) -> None:
@@ -248,32 +279,40 @@ async def test_memory_finished_logs_give_way_to_the_total_character_bound() -> N
     assert await log.info(running) is not None and await log.info(new) is not None
 
 
-def test_pending_pieces_keep_their_kinds_through_drops_and_merges() -> None:
-    """The Redis writer's buffer: kinds stay lined up with texts when a reasoning piece
-    comes late, when the oldest are dropped, and when a retried batch takes newer pieces."""
-    from gateway.streams.redis import _Ours, _Pending
-
-    ours = _Ours(["log", "info", "fol"], "live", ["u", "m", "c", "o"], b"")
-    older = _Pending(0, ours)
-    for text, kind in [("a", "text"), ("b", "text"), ("think", "reasoning"), ("c", "text")]:
-        older.texts.append(text)
-        if kind != "text" or older.kinds is not None:
-            older.add_kind(kind)
-    assert older.kinds == ["", "", "reasoning", ""]
-    older.drop(1)
-    assert (older.first, older.texts, older.kinds) == (
-        1,
-        ["b", "think", "c"],
-        ["", "reasoning", ""],
-    )
-    newer = _Pending(4, ours)
-    newer.texts += ["d", "e"]
-    older.extend(newer)
-    assert older.texts == ["b", "think", "c", "d", "e"]
-    assert older.kinds == ["", "reasoning", "", "", ""]
-    plain, more = _Pending(0, ours), _Pending(1, ours)
-    plain.texts.append("x")
-    more.texts.append("y")
-    more.add_kind("reasoning")
-    plain.extend(more)
-    assert plain.kinds == ["", "reasoning"]
+async def test_redis_pieces_appended_while_redis_is_away_follow_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Pieces appended while Redis is down wait in the writer's own log and reach Redis, in
+    order and with their kinds, once it is back (here empty: it keeps nothing on disk)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    links = [RedisLink(server.url, timeout=TEST_REDIS_TIMEOUT) for _ in "ab"]
+    for link in links:
+        await link.connect()
+    writer, reader = (RedisStreamLog(link, lease_seconds=0.6) for link in links)
+    try:
+        stream_id = await new_stream(writer)
+        writer.append(stream_id, "a")
+        assert await take(reader.read(stream_id, -1), 1) == [Piece(0, "a")]
+        server.stop()
+        for text, kind in [("b", "text"), ("think", "reasoning"), ("c", "text")]:
+            writer.append(stream_id, text, kind)
+        await asyncio.sleep(0.3)  # a flush fails meanwhile
+        server.start()
+        writer.append(stream_id, "d")
+        await writer.finish(stream_id, StreamEnd({"finishReason": "stop"}))
+        async with asyncio.timeout(3 * OUTAGE_WAIT):
+            got = [item async for item in reader.read(stream_id, 0)]
+        assert got == [
+            Piece(1, "b"),
+            Piece(2, "think", "reasoning"),
+            Piece(3, "c"),
+            Piece(4, "d"),
+            StreamEnd({"finishReason": "stop"}),
+        ]
+    finally:
+        for log in (writer, reader):
+            await log.aclose()
+        for link in links:
+            await link.aclose()
+        server.stop()

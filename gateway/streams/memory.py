@@ -151,10 +151,17 @@ class MemoryStreamLog:
         self._done.append((time.monotonic() + self.done_ttl, stream_id))
         log.wake()
 
-    def first_kept(self, stream_id: str) -> int:
-        """The oldest position still kept of a stream (0 until it was trimmed)."""
+    def since(self, stream_id: str, pos: int) -> tuple[int, int, list[str], list[str] | None]:
+        """``(first kept, start, texts, kinds)``: the pieces from position ``pos`` on, or from
+        the oldest still kept (``start``) if the log was trimmed past ``pos``; ``kinds`` is
+        None while every piece is text. Nothing once the log is gone."""
         log = self._logs.get(stream_id)
-        return 0 if log is None else log.first
+        if log is None:
+            return 0, pos, [], None
+        start = max(pos, log.first)
+        skip = start - log.first
+        kinds = log.kinds[skip:] if log.kinds is not None else None
+        return log.first, start, log.texts[skip:], kinds
 
     # Reader
 

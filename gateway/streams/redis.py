@@ -14,19 +14,21 @@ Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
     <p>{n:<owner>}:ctl   pub/sub channel: stream ids another process asks the owner to cancel
 
 **Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
-too (its local followers read that, no Redis), and buffers each appended piece;
-once per round trip the append script is called for every stream with pieces
-pending, all in one write on the process's multiplexed connection
-(:meth:`RedisLink.send_many`): ``XADD`` per piece and one ``PUBLISH`` of the
-batch, in one script, so the live order is the log order. The batch travels
-as one JSON argument (what is published; the script decodes it with cjson)
-and the call's constant start is packed once per stream: redis-py packs
-arguments in Python, so few and pre-packed ones are what keep this cheap. The
-script skips positions already written, so a retried flush (a reply lost to a
-fault) writes nothing twice. A stream's create rides the same write, before its
-first pieces, and its end a later one, after its last. While Redis is
-unreachable the pieces wait (bounded by ``max_pieces`` per stream) and go out
-when it is back; the producing connection is never held up by Redis.
+too (its local followers read that, no Redis), and notes each stream's first
+position not yet in Redis; once per round trip the append script is called for
+every stream with pieces pending (read from the local log then), all in one
+write on the process's multiplexed connection (:meth:`RedisLink.send_many`):
+``XADD`` per piece and one ``PUBLISH`` of the batch, in one script, so the live
+order is the log order. The batch travels as one JSON argument (what is
+published; the script decodes it with cjson) and the call's constant start is
+packed once per stream: redis-py packs arguments in Python, so few and
+pre-packed ones are what keep this cheap. The script skips positions already
+written, so a retried flush (a reply lost to a fault) writes nothing twice. A
+stream's create rides the same write, before its first pieces, and its end a
+later one, after its last. While Redis is unreachable the pieces wait in the
+local log (bounded by its ``max_pieces`` and ``max_chars``: a resume before what
+it dropped is a gap) and go out when it is back; the producing connection is
+never held up by Redis.
 
 **Following** (another process): subscribe to ``live`` first, then read the log
 from the last position sent (``XRANGE`` with the info, one round trip), then
@@ -45,12 +47,13 @@ on the owner's control channel; the owner's heartbeat re-reads the flags of its
 running streams every ``lease_seconds / 3``, so a lost message delays a cancel
 by at most that long and never loses it.
 
-TTLs: running keys live ``running_ttl`` (renewed by every flush and heartbeat),
-finished ones ``done_ttl``. After a Redis restart that lost its data, the next
-flush writes the info again and the log continues from the oldest piece still
-pending: a follower whose info vanished waits up to ``OUTAGE_WAIT`` for that and
-goes on (or gets -32041 if it needed a lost piece); a resume from before it gets
--32041 (gap); a stream that had ended is unknown (-32040).
+TTLs: running keys live ``running_ttl`` (set with a stream's first pieces, renewed
+by the heartbeat every ``lease_seconds / 3``), finished ones ``done_ttl``. After a
+Redis restart that lost its data, the next flush writes the info again and the log
+continues from the oldest piece still pending: a follower whose info vanished waits
+up to ``OUTAGE_WAIT`` for that and goes on (or gets -32041 if it needed a lost
+piece); a resume from before it gets -32041 (gap); a stream that had ended is
+unknown (-32040).
 """
 
 from __future__ import annotations
@@ -100,14 +103,17 @@ return 1
 """
 
 _APPEND = """
--- KEYS: log, info. ARGV: channel, ttl ms, header (as for create), oldest entry id kept,
--- batch message [first position, [texts], [kinds ('' for text)] or null] (JSON).
-local have = tonumber(redis.call('HGET', KEYS[2], 'n') or '-1')
-if have == -1 then
+-- KEYS: log, info. ARGV: channel, ttl ms, header (as for create), oldest entry id kept
+-- ('' while nothing was trimmed), batch message [first position, [texts], [kinds] or null]
+-- (JSON). TTLs are set here only when the keys are new (the first pieces,
+-- or the info lost in a Redis restart); the heartbeat renews them while the stream runs.
+local state = redis.call('HMGET', KEYS[2], 'n', 's')
+local have = tonumber(state[1])
+if not have then
   local h = cjson.decode(ARGV[3])
   redis.call('HSET', KEYS[2], 'u', h[1], 'm', h[2], 'c', h[3], 'o', h[4], 's', 'running', 'n', 0)
   have = 0
-elseif redis.call('HGET', KEYS[2], 's') ~= 'running' then
+elseif state[2] ~= 'running' then
   return 0
 end
 local batch = cjson.decode(ARGV[5])
@@ -116,18 +122,22 @@ if kinds == cjson.null then kinds = nil end
 for i = 1, #texts do
   local pos = first + i - 1
   if pos >= have then
-    local kind = kinds and kinds[i] or ''
-    if kind == '' then
+    local kind = kinds and kinds[i] or 'text'
+    if kind == 'text' then
       redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', texts[i])
     else
       redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', texts[i], 'k', kind)
     end
   end
 end
-redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4])
-if first + #texts > have then redis.call('HSET', KEYS[2], 'n', first + #texts) end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
+if first + #texts > have then
+  redis.call('HSET', KEYS[2], 'n', first + #texts)
+  if have == 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+end
 redis.call('PUBLISH', ARGV[1], ARGV[5])
 return 1
 """
@@ -182,38 +192,6 @@ class _Ours:
         """The start of its append script call, packed: two arguments follow per call."""
 
 
-class _Pending:
-    """Pieces of one of our streams not yet written to Redis."""
-
-    __slots__ = ("first", "kinds", "ours", "texts")
-
-    def __init__(self, first: int, ours: _Ours) -> None:
-        self.first = first
-        self.ours = ours
-        self.texts: list[str] = []
-        self.kinds: list[str] | None = None
-        """One per text ('' for plain text) once any piece is not plain text."""
-
-    def add_kind(self, kind: str) -> None:
-        """Record the kind of the piece just added to ``texts``."""
-        if self.kinds is None:
-            self.kinds = [""] * (len(self.texts) - 1)
-        self.kinds.append("" if kind == "text" else kind)
-
-    def drop(self, count: int) -> None:
-        del self.texts[:count]
-        if self.kinds is not None:
-            del self.kinds[:count]
-        self.first += count
-
-    def extend(self, newer: _Pending) -> None:
-        if self.kinds is not None or newer.kinds is not None:
-            self.kinds = (self.kinds or [""] * len(self.texts)) + (
-                newer.kinds or [""] * len(newer.texts)
-            )
-        self.texts += newer.texts
-
-
 class RedisStreamLog:
     """:class:`~gateway.streams.protocol.StreamLog` shared by every process on one Redis."""
 
@@ -239,7 +217,9 @@ class RedisStreamLog:
         self._local = MemoryStreamLog(max_pieces=max_pieces, max_chars=max_chars, done_ttl=done_ttl)
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, int] = {}
+        """Our streams with pieces not yet written to Redis -> the first such position (the
+        pieces themselves are read from the local log when a flush packs them)."""
         self._ahead: list[tuple[list[bytes], asyncio.Future[None]]] = []
         """Creates, sent with the next flush before its appends; each future says when
         written."""
@@ -319,16 +299,10 @@ class RedisStreamLog:
 
     def append(self, stream_id: str, text: str, kind: str = "text") -> int:
         pos = self._local.append(stream_id, text, kind)
-        pending = self._pending.get(stream_id)
-        if pending is None:
-            pending = self._pending[stream_id] = _Pending(pos, self._headers[stream_id])
-        elif len(pending.texts) >= self.max_pieces:
-            # Redis away for long: keep the newest (a resume before them is a gap).
-            pending.drop(len(pending.texts) // 4)
-        pending.texts.append(text)
-        if kind != "text" or pending.kinds is not None:
-            pending.add_kind(kind)
-        self._kick()
+        if stream_id not in self._pending:
+            self._pending[stream_id] = pos
+            if self._flush_task is None:
+                self._kick()
         return pos
 
     def _kick(self) -> None:
@@ -367,12 +341,10 @@ class RedisStreamLog:
                     if not isinstance(exc, StoreUnavailable):
                         log.exception("stream log write failed")
                         continue
+                    # Written again from the oldest unwritten position (while Redis is
+                    # away the local log's trimming bounds what waits).
                     for stream_id, newer in self._pending.items():
-                        older = batch.get(stream_id)
-                        if older is not None:
-                            older.extend(newer)
-                        else:
-                            batch[stream_id] = newer
+                        batch.setdefault(stream_id, newer)
                     self._pending = batch
                     await asyncio.sleep(0.5)
                 else:
@@ -382,19 +354,21 @@ class RedisStreamLog:
         finally:
             self._flush_task = None
 
-    def _appends(self, batch: dict[str, _Pending]) -> list[bytes]:
+    def _appends(self, batch: dict[str, int]) -> list[bytes]:
         commands = []
-        for stream_id, pending in batch.items():
-            # The same trimming as the local log's (max_pieces, max_chars): pieces it dropped
-            # are neither logged nor published.
-            kept = self._local.first_kept(stream_id)
-            if kept > pending.first:
-                pending.drop(min(kept - pending.first, len(pending.texts)))
-            message = orjson.dumps([pending.first, pending.texts, pending.kinds])
-            oldest = b"%d-0" % (kept + 1)
+        headers = self._headers
+        for stream_id, pos in batch.items():
+            ours = headers.get(stream_id)
+            # The local log's trimming (max_pieces, max_chars) applies: pieces it dropped are
+            # neither logged nor published.
+            kept, first, texts, kinds = self._local.since(stream_id, pos)
+            if ours is None or not texts:
+                continue  # ended and written, or all trimmed (TTLs come with the first pieces)
+            message = orjson.dumps([first, texts, kinds])
+            oldest = b"%d-0" % (kept + 1) if kept else b""
             # The last two arguments: the oldest entry kept and the batch (see _APPEND).
             tail = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(oldest), oldest, len(message), message)
-            commands.append(pending.ours.append + tail)
+            commands.append(ours.append + tail)
         return commands
 
     async def finish(self, stream_id: str, end: StreamEnd) -> None:
