@@ -8,13 +8,18 @@ waits on a future of its own, made only while it waits, so a burst of
 appends in one loop tick wakes each reader once.
 Finished logs are dropped ``done_ttl`` after their end, or earlier (oldest
 first) while there are more than ``max_streams`` logs or more than
-``max_total_chars`` characters in all.
+``max_total_chars`` characters in all. Until then a finished log is kept
+compact: its texts joined into one string with their boundaries in an array,
+so the minutes of answers a busy process keeps for resumes are a few objects
+each (not one per piece) for memory and for the garbage collector to walk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -25,11 +30,15 @@ __all__ = ["MemoryStreamLog"]
 
 
 class _Log:
-    __slots__ = ("chars", "end", "first", "info", "kinds", "texts", "waiters")
+    __slots__ = ("bounds", "chars", "end", "first", "info", "joined", "kinds", "texts", "waiters")
 
     def __init__(self, info: StreamInfo) -> None:
         self.info = info
         self.texts: list[str] = []
+        """The pieces kept, while the stream runs (empty once compacted)."""
+        self.joined = ""
+        """Once finished: the kept texts, joined (``i``: ``joined[bounds[i]:bounds[i + 1]]``)."""
+        self.bounds: array[int] | None = None
         self.kinds: list[str] | None = None
         """Only made once a piece of another kind than text arrives."""
         self.first = 0
@@ -37,6 +46,23 @@ class _Log:
         self.end: StreamEnd | None = None
         self.waiters: list[asyncio.Future[None]] = []
         """One future per reader waiting for more (a cancelled reader cancels only its own)."""
+
+    def count(self) -> int:
+        """Pieces kept."""
+        return len(self.texts) if self.bounds is None else len(self.bounds) - 1
+
+    def texts_from(self, index: int) -> list[str]:
+        """The kept texts from the ``index``-th kept one on."""
+        if self.bounds is None:
+            return self.texts[index:]
+        joined, bounds = self.joined, self.bounds
+        return [joined[bounds[i] : bounds[i + 1]] for i in range(index, len(bounds) - 1)]
+
+    def compact(self) -> None:
+        offsets = itertools.accumulate(map(len, self.texts), initial=0)
+        self.bounds = array("I" if self.chars < 1 << 32 else "Q", offsets)
+        self.joined = "".join(self.texts)
+        self.texts = []
 
     def wake(self) -> None:
         if self.waiters:
@@ -83,14 +109,16 @@ class MemoryStreamLog:
             or len(self._logs) > self.max_streams
             or self._chars > self.max_total_chars
         ):
-            _, stream_id = done.popleft()
-            log = self._logs.pop(stream_id, None)
-            if log is not None:
-                self._chars -= log.chars
-                mine = self._by_user.get(log.info.user_id, {})
-                mine.pop(stream_id, None)
-                if not mine:
-                    self._by_user.pop(log.info.user_id, None)
+            self._drop(done.popleft()[1])
+
+    def _drop(self, stream_id: str) -> None:
+        log = self._logs.pop(stream_id, None)
+        if log is not None:
+            self._chars -= log.chars
+            mine = self._by_user.get(log.info.user_id, {})
+            mine.pop(stream_id, None)
+            if not mine:
+                self._by_user.pop(log.info.user_id, None)
 
     def _get(self, stream_id: str) -> _Log:
         self._expire()
@@ -145,6 +173,7 @@ class MemoryStreamLog:
         if log is None or log.end is not None:
             return
         log.end = end
+        log.compact()
         log.info.state = "done"
         log.info.finished_at = time.time()
         log.info.finish_reason = end.finish_reason
@@ -161,7 +190,13 @@ class MemoryStreamLog:
         start = max(pos, log.first)
         skip = start - log.first
         kinds = log.kinds[skip:] if log.kinds is not None else None
-        return log.first, start, log.texts[skip:], kinds
+        return log.first, start, log.texts_from(skip), kinds
+
+    def forget(self, stream_id: str) -> None:
+        """Drop a finished stream's log now (another copy of it is kept elsewhere)."""
+        log = self._logs.get(stream_id)
+        if log is not None and log.end is not None:
+            self._drop(stream_id)
 
     # Reader
 
@@ -178,10 +213,10 @@ class MemoryStreamLog:
                 raise StreamGap(
                     data={"streamId": stream_id, "after": pos - 1, "firstSeq": log.first}
                 )
-            head = log.first + len(log.texts)
+            head = log.first + log.count()
             if pos < head:
                 start = pos - log.first
-                texts = log.texts[start:]
+                texts = log.texts_from(start)
                 kinds = log.kinds[start:] if log.kinds is not None else None
                 for i, text in enumerate(texts):
                     yield Piece(pos + i, text, kinds[i] if kinds is not None else "text")

@@ -14,7 +14,8 @@ Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
     <p>{n:<owner>}:ctl   pub/sub channel: stream ids another process asks the owner to cancel
 
 **Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
-too (its local followers read that, no Redis), and notes each stream's first
+too, until Redis holds all of a stream and its end (its local followers read that,
+no Redis), and notes each stream's first
 position not yet in Redis; once per round trip the append script is called for
 every stream with pieces pending (read from the local log then), all in one
 write on the process's multiplexed connection (:meth:`RedisLink.send_many`):
@@ -384,7 +385,13 @@ class RedisStreamLog:
             self._unfinished[stream_id] = end  # the heartbeat writes it once Redis is back
             log.warning("stream %s: end not written to Redis yet; retrying", stream_id)
         else:
-            self._headers.pop(stream_id, None)
+            self._written(stream_id)
+
+    def _written(self, stream_id: str) -> None:
+        """The whole stream, end included, is in Redis: drop our own copy (readers here read
+        Redis from now on; one already reading the copy ends from it)."""
+        self._headers.pop(stream_id, None)
+        self._local.forget(stream_id)
 
     async def _end_command(self, stream_id: str, end: StreamEnd) -> bytes:
         ours = self._headers[stream_id]
@@ -401,8 +408,8 @@ class RedisStreamLog:
         while self._flush_task is not None and stream_id in self._pending:
             await asyncio.shield(self._flush_task)
         await self._link.send_many([await self._end_command(stream_id, end)])
-        self._headers.pop(stream_id, None)
         self._unfinished.pop(stream_id, None)
+        self._written(stream_id)
 
     # Reader
 
