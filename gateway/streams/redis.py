@@ -16,9 +16,10 @@ Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
 **Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
 too, until Redis holds all of a stream and its end (its local followers read that,
 no Redis), and notes each stream's first
-position not yet in Redis; once per round trip the append script is called for
-every stream with pieces pending (read from the local log then), all in one
-write on the process's multiplexed connection (:meth:`RedisLink.send_many`):
+position not yet in Redis; every ``FLUSH_EVERY`` (20 ms; a create or an end goes
+at once) the append script is called for every stream with pieces pending (read
+from the local log then), all in one write on the process's multiplexed
+connection (:meth:`RedisLink.send_many`):
 ``XADD`` per piece and one ``PUBLISH`` of the batch, in one script, so the live
 order is the log order. The batch travels as one JSON argument (what is
 published; the script decodes it with cjson) and the call's constant start is
@@ -90,6 +91,11 @@ OUTAGE_WAIT = 10.0
 """Seconds a follower rides out a Redis outage before its call fails with -32020."""
 LIST_LIMIT = 50
 """Streams ``stream.list`` returns (the newest)."""
+FLUSH_EVERY = 0.02
+"""Seconds a stream's pieces may wait for more before they go to Redis (a create or an
+end goes at once, with its stream's pieces): the script call per stream and write is most
+of what the log costs, so a few pieces per call halve it. Followers on other processes see
+pieces up to this much later than the producer's own connection."""
 
 # The pieces travel as one JSON argument (the batch message, published as it is), and
 # the header as another: redis-py packs every argument in Python, so few is cheap.
@@ -193,6 +199,11 @@ class _Ours:
         """The start of its append script call, packed: two arguments follow per call."""
 
 
+_Queued = tuple[list[bytes], "asyncio.Future[None]", str]
+"""Commands of one stream to write with the next flush, the future told once they are,
+and the stream's id."""
+
+
 class RedisStreamLog:
     """:class:`~gateway.streams.protocol.StreamLog` shared by every process on one Redis."""
 
@@ -221,16 +232,20 @@ class RedisStreamLog:
         self._pending: dict[str, int] = {}
         """Our streams with pieces not yet written to Redis -> the first such position (the
         pieces themselves are read from the local log when a flush packs them)."""
-        self._ahead: list[tuple[list[bytes], asyncio.Future[None]]] = []
+        self._ahead: list[_Queued] = []
         """Creates, sent with the next flush before its appends; each future says when
         written."""
-        self._after: list[tuple[list[bytes], asyncio.Future[None]]] = []
+        self._after: list[_Queued] = []
         """Ends, sent with the next flush after its appends; each future says when written."""
         self._headers: dict[str, _Ours] = {}
         """Our running streams."""
         self._unfinished: dict[str, StreamEnd] = {}
         """Ends not written yet (Redis was away): the heartbeat retries them."""
         self._flush_task: asyncio.Task[None] | None = None
+        self._urgent = asyncio.Event()
+        """A create or an end is queued: the flush does not wait for more pieces."""
+        self._pieces_at = 0.0
+        """Loop time of the last write of every stream's pending pieces."""
         self._heartbeat: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._on_cancel: Callable[[str], object] = lambda _: None
@@ -292,7 +307,7 @@ class RedisStreamLog:
         try:
             # With the next flush: in one write with other streams' pieces. No timer of
             # its own: the connection fails what is unanswered after ``redis_timeout``.
-            await self._queue(self._ahead, commands)
+            await self._queue(self._ahead, commands, info.stream_id)
         except BaseException:
             await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
             raise
@@ -311,32 +326,50 @@ class RedisStreamLog:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     def _queue(
-        self, queue: list[tuple[list[bytes], asyncio.Future[None]]], commands: list[bytes]
+        self, queue: list[_Queued], commands: list[bytes], stream_id: str
     ) -> asyncio.Future[None]:
-        """Send ``commands`` with the next flush; the future is done once they are written."""
+        """Send ``commands`` (of ``stream_id``) with the next flush; the future is done once
+        they are written."""
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Read by the caller; if the caller was cancelled meanwhile (the flush still sends
         # the commands), read here: never left unread.
         written.add_done_callback(lambda f: f.cancelled() or f.exception())
-        queue.append((commands, written))
+        queue.append((commands, written, stream_id))
+        self._urgent.set()
         self._kick()
         return written
 
     async def _flush(self) -> None:
-        """Write every queued create, pending piece and end, one write per round (in that
-        order); retry creates and pieces while Redis is away (ends: see :meth:`finish`)."""
+        """Write the queued creates, pending pieces and ends, one write per round (in that
+        order): creates and ends at once, with the pieces of the streams ending; every
+        stream's pieces at most every ``FLUSH_EVERY``. Pieces are retried while Redis is
+        away (ends: see :meth:`finish`)."""
+        loop = asyncio.get_running_loop()
         try:
             while self._pending or self._ahead or self._after:
-                batch, self._pending = self._pending, {}
+                if not (self._ahead or self._after):
+                    wait = self._pieces_at + FLUSH_EVERY - loop.time()
+                    if wait > 0:
+                        self._urgent.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(wait):
+                                await self._urgent.wait()
                 ahead, self._ahead = self._ahead, []
                 after, self._after = self._after, []
-                commands: list[Any] = [c for queued, _ in ahead for c in queued]
+                now = loop.time()
+                if now >= self._pieces_at + FLUSH_EVERY:
+                    batch, self._pending = self._pending, {}
+                    self._pieces_at = now
+                else:  # only the pieces an end must follow
+                    pending = self._pending
+                    batch = {q[2]: pending.pop(q[2]) for q in after if q[2] in pending}
+                commands: list[Any] = [c for queued, _, _ in ahead for c in queued]
                 commands += self._appends(batch)
-                commands += [c for queued, _ in after for c in queued]
+                commands += [c for queued, _, _ in after for c in queued]
                 try:
                     await self._link.send_many(commands)
                 except Exception as exc:
-                    for _, done in ahead + after:
+                    for _, done, _ in ahead + after:
                         if not done.done():
                             done.set_exception(exc)
                     if not isinstance(exc, StoreUnavailable):
@@ -349,7 +382,7 @@ class RedisStreamLog:
                     self._pending = batch
                     await asyncio.sleep(0.5)
                 else:
-                    for _, done in ahead + after:
+                    for _, done, _ in ahead + after:
                         if not done.done():
                             done.set_result(None)
         finally:
@@ -377,7 +410,7 @@ class RedisStreamLog:
         if stream_id not in self._headers:
             return
         # With the next flush, after the stream's last pieces (no round trip of its own).
-        written = self._queue(self._after, [await self._end_command(stream_id, end)])
+        written = self._queue(self._after, [await self._end_command(stream_id, end)], stream_id)
         try:
             # Bounded: the connection fails what is unanswered after ``redis_timeout``.
             await asyncio.shield(written)
