@@ -70,7 +70,11 @@ def resp(*parts: bytes | str | int, then: int = 0) -> bytes:
     appends ``bulk(...)`` of each of the ``then`` others per call: far cheaper
     than packing every argument each time (see :meth:`RedisMux.send`).
     """
-    return b"*%d\r\n" % (len(parts) + then) + b"".join(bulk(part) for part in parts)
+    out = [b"*%d\r\n" % (len(parts) + then)]
+    for part in parts:  # bulk(part), inlined: this packs every argument of every call
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class _Pending:

@@ -87,6 +87,7 @@ class MemoryStreamLog:
         max_total_chars: int = 256 * 1024 * 1024,
         # Timeouts (seconds)
         done_ttl: float = 300.0,
+        compact: bool = True,
     ) -> None:
         self.max_pieces = max_pieces
         self.max_chars = max_chars
@@ -95,6 +96,9 @@ class MemoryStreamLog:
         self._chars = 0
         """Characters held by every log together."""
         self.done_ttl = done_ttl
+        self.compact = compact
+        """Compact finished logs (False where they are dropped soon anyway: the Redis
+        writer's own copies)."""
         self._logs: dict[str, _Log] = {}
         self._by_user: dict[str, dict[str, None]] = {}
         """user id -> that user's stream ids (an ordered set), so list() reads only theirs."""
@@ -173,7 +177,8 @@ class MemoryStreamLog:
         if log is None or log.end is not None:
             return
         log.end = end
-        log.compact()
+        if self.compact:
+            log.compact()
         log.info.state = "done"
         log.info.finished_at = time.time()
         log.info.finish_reason = end.finish_reason

@@ -226,7 +226,9 @@ class RedisStreamLog:
         self.done_ttl = done_ttl
         self.lease_seconds = lease_seconds
         self.running_ttl = running_ttl or max(4 * lease_seconds, 60.0)
-        self._local = MemoryStreamLog(max_pieces=max_pieces, max_chars=max_chars, done_ttl=done_ttl)
+        self._local = MemoryStreamLog(
+            max_pieces=max_pieces, max_chars=max_chars, done_ttl=done_ttl, compact=False
+        )
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
         self._pending: dict[str, int] = {}
