@@ -326,28 +326,39 @@ async def test_redis_writer_drops_its_own_copy_once_redis_has_the_end(redis_url:
 
 
 async def test_redis_pieces_appended_while_redis_is_away_follow_once_it_is_back(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Pieces appended while Redis is down wait in the writer's own log and reach Redis, in
-    order and with their kinds, once it is back (here empty: it keeps nothing on disk)."""
+    """Pieces appended, and the end written, while Redis is down wait in the writer and reach
+    Redis, in order and with their kinds, once it is back (here empty: it keeps nothing on
+    disk); the end comes after the last piece, while another stream of the same writer
+    keeps appending."""
     server = RedisServer(tmp_path)
     server.start()
     links = [RedisLink(server.url, timeout=TEST_REDIS_TIMEOUT) for _ in "ab"]
     for link in links:
         await link.connect()
     writer, reader = (RedisStreamLog(link, lease_seconds=0.6) for link in links)
+
+    async def keep_appending(busy_id: str) -> None:
+        for i in range(100_000):
+            writer.append(busy_id, f"{i} ")
+            await asyncio.sleep(0.002)
+
+    busy: asyncio.Task[None] | None = None
     try:
         stream_id = await new_stream(writer)
+        busy = asyncio.create_task(keep_appending(await new_stream(writer)))
         writer.append(stream_id, "a")
         assert await take(reader.read(stream_id, -1), 1) == [Piece(0, "a")]
         server.stop()
         for text, kind in [("b", "text"), ("think", "reasoning"), ("c", "text")]:
             writer.append(stream_id, text, kind)
         await asyncio.sleep(0.3)  # a flush fails meanwhile
-        server.start()
         writer.append(stream_id, "d")
         await writer.finish(stream_id, StreamEnd({"finishReason": "stop"}))
-        async with asyncio.timeout(3 * OUTAGE_WAIT):
+        assert "end not written to Redis yet" in caplog.text
+        server.start()
+        async with asyncio.timeout(OUTAGE_WAIT):
             got = [item async for item in reader.read(stream_id, 0)]
         assert got == [
             Piece(1, "b"),
@@ -357,6 +368,8 @@ async def test_redis_pieces_appended_while_redis_is_away_follow_once_it_is_back(
             StreamEnd({"finishReason": "stop"}),
         ]
     finally:
+        if busy is not None:
+            busy.cancel()
         for log in (writer, reader):
             await log.aclose()
         for link in links:

@@ -14,23 +14,22 @@ Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
     <p>{n:<owner>}:ctl   pub/sub channel: stream ids another process asks the owner to cancel
 
 **Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
-too, until Redis holds all of a stream and its end (its local followers read that,
-no Redis), and notes each stream's first
-position not yet in Redis; every ``FLUSH_EVERY`` (20 ms; a create or an end goes
-at once) the append script is called for every stream with pieces pending (read
-from the local log then), all in one write on the process's multiplexed
-connection (:meth:`RedisLink.send_many`):
-``XADD`` per piece and one ``PUBLISH`` of the batch, in one script, so the live
-order is the log order. The batch travels as one JSON argument (what is
-published; the script decodes it with cjson) and the call's constant start is
-packed once per stream: redis-py packs arguments in Python, so few and
-pre-packed ones are what keep this cheap. The script skips positions already
-written, so a retried flush (a reply lost to a fault) writes nothing twice. A
-stream's create rides the same write, before its first pieces, and its end a
-later one, after its last. While Redis is unreachable the pieces wait in the
-local log (bounded by its ``max_pieces`` and ``max_chars``: a resume before what
-it dropped is a gap) and go out when it is back; the producing connection is
-never held up by Redis.
+too, until Redis holds all of a stream and its end (its local followers read
+that, no Redis), and notes each stream's first position not yet in Redis.
+Every ``FLUSH_EVERY`` (20 ms; a create or an end goes at once) the append
+script is called for every stream with pieces pending (read from the local log
+then), all in one write on the process's multiplexed connection
+(:meth:`RedisLink.send_many`): ``XADD`` per piece and one ``PUBLISH`` of the
+batch, in one script, so the live order is the log order. The batch travels as
+one JSON argument (what is published; the script decodes it with cjson) and the
+call's constant start is packed once per stream: redis-py packs arguments in
+Python, so few and pre-packed ones are what keep this cheap. The script skips
+positions already written, so a retried flush (a reply lost to a fault) writes
+nothing twice. A stream's create rides the same write, before its first pieces,
+and its end a later one, after its last. While Redis is unreachable the pieces
+wait in the local log (bounded by its ``max_pieces`` and ``max_chars``: a resume
+before what it dropped is a gap) and go out when it is back; the producing
+connection is never held up by Redis.
 
 **Following** (another process): subscribe to ``live`` first, then read the log
 from the last position sent (``XRANGE`` with the info, one round trip), then
@@ -440,9 +439,9 @@ class RedisStreamLog:
 
     async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
         """Write an end :meth:`finish` could not (Redis was away), after the stream's pieces."""
-        while self._flush_task is not None and stream_id in self._pending:
-            await asyncio.shield(self._flush_task)
-        await self._link.send_many([await self._end_command(stream_id, end)])
+        # Queued as finish queues it: written after the stream's pending pieces, in one
+        # write, without waiting for every other stream's pieces to be out.
+        await self._queue(self._after, [await self._end_command(stream_id, end)], stream_id)
         self._unfinished.pop(stream_id, None)
         self._written(stream_id)
 
