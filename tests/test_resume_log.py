@@ -229,7 +229,7 @@ async def test_redis_log_keys_expire_while_running_and_after_the_end(redis_url: 
         keys = [link.key(f"st:{stream_id}", name) for name in ("log", "info")]
         for i in range(3):
             log.append(stream_id, f"w{i} ")
-            await asyncio.sleep(0.02)  # each piece its own write
+            await asyncio.sleep(0.02)  # spread over writes (FLUSH_EVERY is 20 ms)
         async with asyncio.timeout(TIMEOUT):
             while await link.client.xlen(keys[0]) < 3:
                 await asyncio.sleep(0.01)

@@ -221,7 +221,6 @@ class RedisStreamLog:
         running_ttl: float | None = None,
     ) -> None:
         self._link = link
-        self.max_pieces = max_pieces
         self.done_ttl = done_ttl
         self.lease_seconds = lease_seconds
         self.running_ttl = running_ttl or max(4 * lease_seconds, 60.0)
@@ -394,11 +393,13 @@ class RedisStreamLog:
         headers = self._headers
         for stream_id, pos in batch.items():
             ours = headers.get(stream_id)
+            if ours is None:
+                continue  # ended, and written
             # The local log's trimming (max_pieces, max_chars) applies: pieces it dropped are
             # neither logged nor published.
             kept, first, texts, kinds = self._local.since(stream_id, pos)
-            if ours is None or not texts:
-                continue  # ended and written, or all trimmed (TTLs come with the first pieces)
+            if not texts:
+                continue  # all trimmed (TTLs come with a stream's first pieces)
             message = orjson.dumps([first, texts, kinds])
             oldest = b"%d-0" % (kept + 1) if kept else b""
             # The last two arguments: the oldest entry kept and the batch (see _APPEND).
