@@ -231,7 +231,7 @@ async def test_redis_log_keys_expire_while_running_and_after_the_end(redis_url: 
             log.append(stream_id, f"w{i} ")
             await asyncio.sleep(0.02)  # spread over writes (FLUSH_EVERY is 20 ms)
         async with asyncio.timeout(TIMEOUT):
-            while await link.client.xlen(keys[0]) < 3:
+            while await link.client.hget(keys[1], "n") != b"3":
                 await asyncio.sleep(0.01)
         for key in keys:
             assert 100_000 < await link.client.pttl(key) <= 120_000, key
@@ -323,6 +323,42 @@ async def test_redis_writer_drops_its_own_copy_once_redis_has_the_end(redis_url:
     finally:
         await log.aclose()
         await link.aclose()
+
+
+async def test_redis_a_batch_written_again_gives_no_reader_a_piece_twice(redis_url: str) -> None:
+    """A flush sent again after a lost reply (the same batch, or one that overlaps what
+    Redis has) stores nothing twice: readers get every position once, in order."""
+    links = [RedisLink(redis_url, timeout=TEST_REDIS_TIMEOUT) for _ in "ab"]
+    for link in links:
+        await link.connect()
+    writer, reader = (RedisStreamLog(link) for link in links)
+    try:
+        stream_id = await new_stream(writer)
+        # Pieces in the writer's own log only, sent by hand: as a flush packs them.
+        for text in ("a", "b", "c"):
+            writer._local.append(stream_id, text)
+        first = writer._appends({stream_id: 0})
+        await links[0].send_many(first)
+        await links[0].send_many(first)  # the same batch again
+        for text in ("d", "e"):
+            writer._local.append(stream_id, text)
+        await links[0].send_many(writer._appends({stream_id: 1}))  # overlaps b, c
+        log_key = links[0].key(f"st:{stream_id}", "log")
+        assert [entry_id for entry_id, _ in await links[0].client.xrange(log_key)] == [
+            b"1-0",
+            b"4-0",
+        ]
+        texts = "abcde"
+        for after in (-1, 0, 2, 3):
+            pieces = await take(reader.read(stream_id, after), 4 - after)
+            assert pieces == [Piece(i, texts[i]) for i in range(after + 1, 5)], after
+        await writer.finish(stream_id, StreamEnd({"finishReason": "stop"}))
+        assert (await read_all(reader, stream_id, 3))[-1] == StreamEnd({"finishReason": "stop"})
+    finally:
+        for log in (writer, reader):
+            await log.aclose()
+        for link in links:
+            await link.aclose()
 
 
 async def test_redis_pieces_appended_while_redis_is_away_follow_once_it_is_back(

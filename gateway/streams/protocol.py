@@ -9,9 +9,10 @@ ends with a :class:`StreamEnd` (the call's final result, or its error).
 
 The memory implementation (:mod:`gateway.streams.memory`) keeps logs in the
 process. A Redis implementation slots in beside it with the same verbs: one
-Redis Stream per answer under a hash tag (``{st:<id>}``), entry ids
-``<position+1>-0`` so positions need no lookup table, the append and the live
-publish in one Lua script (live order equals log order), trimmed as the
+Redis Stream per answer under a hash tag (``{st:<id>}``), one entry per written
+batch with id ``<position+1>-0`` of its first new piece so positions need no lookup
+table, the append and the live publish in one Lua script (live order equals log
+order), trimmed as the
 producer's own copy is, a TTL while running and ``done_ttl`` after the end,
 appends buffered and written every 20 ms at most (:meth:`StreamLog.append` is
 synchronous for that reason; a create or an end is written at once), and

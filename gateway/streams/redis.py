@@ -2,8 +2,10 @@
 
 Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
 
-    <p>{st:<id>}:log     Redis Stream: entry <pos+1>-0 = {t: text[, k: kind]}, trimmed by
-                         MINID as the producer's own log is (max_pieces, max_chars)
+    <p>{st:<id>}:log     Redis Stream: one entry per written batch, id <pos+1>-0 for the
+                         batch's first new position pos, {b: the batch message (below)};
+                         trimmed by MINID as the producer's own log is (max_pieces,
+                         max_chars), to the entry holding the oldest position kept
     <p>{st:<id>}:info    hash: u user, m method, c created, o owner, s running|done, n pieces,
                          f finished at, r finish reason, e the end (JSON), x cancel asked
     <p>{st:<id>}:fol     sorted set: followers on any process -> lease expiry (ms)
@@ -13,35 +15,37 @@ Keys, per stream (one hash tag, so one Cluster slot; ``<p>`` is the prefix)::
     <p>{n:<owner>}:alive the owner process's lease (PX lease_seconds), renewed every lease/3
     <p>{n:<owner>}:ctl   pub/sub channel: stream ids another process asks the owner to cancel
 
-**Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog`
-too, until Redis holds all of a stream and its end (its local followers read
-that, no Redis), and notes each stream's first position not yet in Redis.
-Every ``FLUSH_EVERY`` (20 ms; a create or an end goes at once) the append
-script is called for every stream with pieces pending (read from the local log
-then), all in one write on the process's multiplexed connection
-(:meth:`RedisLink.send_many`): ``XADD`` per piece and one ``PUBLISH`` of the
-batch, in one script, so the live order is the log order. The batch travels as
-one JSON argument (what is published; the script decodes it with cjson) and the
-call's constant start is packed once per stream: redis-py packs arguments in
-Python, so few and pre-packed ones are what keep this cheap. The script skips
-positions already written, so a retried flush (a reply lost to a fault) writes
-nothing twice. A stream's create rides the same write, before its first pieces,
-and its end a later one, after its last. While Redis is unreachable the pieces
-wait in the local log (bounded by its ``max_pieces`` and ``max_chars``: a resume
-before what it dropped is a gap) and go out when it is back; the producing
-connection is never held up by Redis.
+**Writing.** The producer keeps its own streams in a :class:`MemoryStreamLog` too,
+until Redis holds all of a stream and its end (its local followers read that, no
+Redis), and notes each stream's first position not yet in Redis. Every
+``FLUSH_EVERY`` (20 ms; a create or an end goes at once) the append script is called
+for every stream with pieces pending (read from the local log then), all in one
+write on the process's multiplexed connection (:meth:`RedisLink.send_many`): one
+``XADD`` of the batch and one ``PUBLISH`` of it, in one script, so the live order is
+the log order. The batch travels as one JSON argument, stored and published as it is
+(the script never decodes it: Lua work per piece was most of what Redis spent on a
+stream), and the call's constant start is packed once per stream: redis-py packs
+arguments in Python, so few and pre-packed ones are what keep this cheap. The script
+skips a batch Redis already has and stores one that overlaps it whole, under the id
+of its first new position (readers skip positions they hold), so a retried flush (a
+reply lost to a fault) gives nobody a piece twice. A stream's create rides the same
+write, before its first pieces, and its end a later one, after its last. While Redis
+is unreachable the pieces wait in the local log (bounded by its ``max_pieces`` and
+``max_chars``: a resume before what it dropped is a gap) and go out when it is back;
+the producing connection is never held up by Redis.
 
-**Following** (another process): subscribe to ``live`` first, then read the log
-from the last position sent (``XRANGE`` with the info, one round trip), then
-take live batches, skipping positions already sent; a batch that starts past the
-next position, a lost pub/sub connection or a tail that overflowed means
-"read the log again". With no message for ``CHECK_EVERY`` seconds the follower
-reads the log and the info again: that also catches an end whose message was
-lost, and an owner that died: a running stream whose owner's ``alive`` key is
-missing at two looks ``lease_seconds / 2`` apart is ended ``interrupted``
-(one script, only if still running under that owner). **The window:** a killed
-producer's streams end ``interrupted`` at most ``1.5 × lease_seconds +
-CHECK_EVERY`` after its last renewal (24 s at the defaults).
+**Following** (another process): subscribe to ``live`` first, then read the log from
+the last position sent (``XREVRANGE`` for the entry holding the next position,
+``XRANGE`` for those after it, with the info: one round trip), then take live
+batches, skipping positions already sent; a batch that starts past the next
+position, a lost pub/sub connection or a tail that overflowed means "read the log
+again". With no message for ``CHECK_EVERY`` seconds the follower reads the log and
+the info again: that also catches an end whose message was lost, and an owner that
+died: a running stream whose owner's ``alive`` key is missing at two looks
+``lease_seconds / 2`` apart is ended ``interrupted`` (one script, only if still
+running under that owner). **The window:** a killed producer's streams end
+``interrupted`` at most ``1.5 × lease_seconds + CHECK_EVERY`` after its last renewal
+(24 s at the defaults).
 
 **Cancelling** from another process sets the ``x`` flag and publishes the id
 on the owner's control channel; the owner's heartbeat re-reads the flags of its
@@ -110,9 +114,11 @@ return 1
 
 _APPEND = """
 -- KEYS: log, info. ARGV: channel, ttl ms, header (as for create), oldest entry id kept
--- ('' while nothing was trimmed), batch message [first position, [texts], [kinds] or null]
--- (JSON). TTLs are set here only when the keys are new (the first pieces,
--- or the info lost in a Redis restart); the heartbeat renews them while the stream runs.
+-- ('' while nothing was trimmed), first position, count, batch message
+-- [first position, [texts], [kinds] or null] (JSON: stored and published as it is, never
+-- decoded here). One entry per batch, its id <first new position + 1>-0. TTLs are set here
+-- only when the keys are new (the first pieces, or the info lost in a Redis restart); the
+-- heartbeat renews them while the stream runs.
 local state = redis.call('HMGET', KEYS[2], 'n', 's')
 local have = tonumber(state[1])
 if not have then
@@ -122,29 +128,21 @@ if not have then
 elseif state[2] ~= 'running' then
   return 0
 end
-local batch = cjson.decode(ARGV[5])
-local first, texts, kinds = batch[1], batch[2], batch[3]
-if kinds == cjson.null then kinds = nil end
-for i = 1, #texts do
-  local pos = first + i - 1
-  if pos >= have then
-    local kind = kinds and kinds[i] or 'text'
-    if kind == 'text' then
-      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', texts[i])
-    else
-      redis.call('XADD', KEYS[1], (pos + 1) .. '-0', 't', texts[i], 'k', kind)
-    end
-  end
+local first, count = tonumber(ARGV[5]), tonumber(ARGV[6])
+if first + count <= have then return 0 end  -- a retried batch Redis already has
+-- A retried batch may overlap what Redis has: readers skip positions they already hold.
+redis.call('XADD', KEYS[1], (math.max(first, have) + 1) .. '-0', 'b', ARGV[7])
+if ARGV[4] ~= '' then
+  -- Keep the entry holding the oldest position kept (and all after it).
+  local keep = redis.call('XREVRANGE', KEYS[1], ARGV[4], '-', 'COUNT', 1)
+  if keep[1] then redis.call('XTRIM', KEYS[1], 'MINID', keep[1][1]) end
 end
-if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
-if first + #texts > have then
-  redis.call('HSET', KEYS[2], 'n', first + #texts)
-  if have == 0 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  end
+redis.call('HSET', KEYS[2], 'n', first + count)
+if have == 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-redis.call('PUBLISH', ARGV[1], ARGV[5])
+redis.call('PUBLISH', ARGV[1], ARGV[7])
 return 1
 """
 
@@ -195,7 +193,7 @@ class _Ours:
         self.header = header
         """[user, method, created, owner]: to write a lost info again."""
         self.append = append
-        """The start of its append script call, packed: two arguments follow per call."""
+        """The start of its append script call, packed: four arguments follow per call."""
 
 
 _Queued = tuple[list[bytes], "asyncio.Future[None]", str]
@@ -296,12 +294,15 @@ class RedisStreamLog:
         header_json = orjson.dumps(header)
         keys, live = self._keys(info.stream_id), self._key(info.stream_id, "live")
         ttl = int(self.running_ttl * 1000)
-        start = resp("EVALSHA", self._append.sha, 2, *keys[:2], live, ttl, header_json, then=2)
+        start = resp("EVALSHA", self._append.sha, 2, *keys[:2], live, ttl, header_json, then=4)
         ours = _Ours(keys, live, header, start)
         user_key = self._link.user_key(info.user_id, "streams")
         commands = [
             self._create.command(keys[1:2], [header_json, ttl]),
             resp("ZADD", user_key, repr(info.created_at), info.stream_id),
+            # Only the newest LIST_LIMIT are ever listed: a bot's thousands of answers
+            # would make every ZADD slower and the key big.
+            resp("ZREMRANGEBYRANK", user_key, 0, -LIST_LIMIT - 1),
             resp("EXPIRE", user_key, int(self.running_ttl + self.done_ttl)),
         ]
         try:
@@ -402,8 +403,12 @@ class RedisStreamLog:
                 continue  # all trimmed (TTLs come with a stream's first pieces)
             message = orjson.dumps([first, texts, kinds])
             oldest = b"%d-0" % (kept + 1) if kept else b""
-            # The last two arguments: the oldest entry kept and the batch (see _APPEND).
-            tail = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(oldest), oldest, len(message), message)
+            start, count = b"%d" % first, b"%d" % len(texts)
+            # The last four arguments: the oldest entry kept, the batch's first position, its
+            # length, and the batch (see _APPEND).
+            tail = b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                len(oldest), oldest, len(start), start, len(count), count, len(message), message
+            )  # fmt: skip
             commands.append(ours.append + tail)
         return commands
 
@@ -482,17 +487,19 @@ class RedisStreamLog:
         log_key, info_key, fol_key = self._keys(stream_id)
         loop = asyncio.get_running_loop()
         while True:
-            # Read the log from the last position sent, with the info (one round trip).
+            # Read the info, then the log from the last position sent (one round trip): the
+            # info first, so the log read holds at least the pieces it counts.
             tail.stale = False
             tail.messages.clear()
-            start = f"{last + 2}-0"
+            nxt = last + 1
 
-            def build(pipe: Any, start: str = start) -> None:
-                pipe.xrange(log_key, min=start, count=READ_BATCH)
+            def build(pipe: Any, nxt: int = nxt) -> None:
                 pipe.hgetall(info_key)
+                pipe.xrevrange(log_key, max=f"{nxt + 1}-0", min="-", count=1)  # holds nxt?
+                pipe.xrange(log_key, min=f"{nxt + 2}-0", count=READ_BATCH)
                 pipe.zadd(fol_key, {token: int((time.time() + 3 * CHECK_EVERY) * 1000)})
 
-            entries, raw, _ = await self._ride_out(build)
+            raw, held, entries, _ = await self._ride_out(build)
             if not raw:
                 # Gone while we followed it: Redis came back empty. The producer writes the
                 # info again with its next piece or its end; wait that long, as for an outage.
@@ -506,15 +513,19 @@ class RedisStreamLog:
                 continue
             found, info_missing_since = True, None
             info = _info(stream_id, raw)
-            for entry_id, fields in entries:
-                pos = int(entry_id.split(b"-", 1)[0]) - 1
-                if pos != last + 1:
-                    raise StreamGap(data={"streamId": stream_id, "after": last, "firstSeq": pos})
-                yield Piece(pos, fields[b"t"].decode(), fields.get(b"k", b"text").decode())
-                last = pos
+            got = False
+            for _, fields in held + entries:
+                first, texts, kinds = orjson.loads(fields[b"b"])
+                if first + len(texts) <= last + 1:
+                    continue  # an entry before the next position
+                if first > last + 1:
+                    raise StreamGap(data={"streamId": stream_id, "after": last, "firstSeq": first})
+                for i in range(last + 1 - first, len(texts)):
+                    yield Piece(first + i, texts[i], (kinds[i] or "text") if kinds else "text")
+                last, got = first + len(texts) - 1, True
             if len(entries) == READ_BATCH:
                 continue
-            if last + 1 < info.pieces and not entries:
+            if last + 1 < info.pieces and not got:
                 gap = {"streamId": stream_id, "after": last, "firstSeq": info.pieces}
                 raise StreamGap(data=gap)
             if info.state == "done":
