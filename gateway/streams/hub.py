@@ -147,14 +147,15 @@ class StreamHub:
         append = self.log.append
         end: StreamEnd | None = None
         slice_start = loop.time()
+        readers = run.readers
         try:
             try:
                 async for item in source:
-                    if isinstance(item, Final):
+                    if type(item) is str:  # the common case first: plain answer text
+                        text, pos = item, append(stream_id, item)
+                    elif isinstance(item, Final):
                         end = StreamEnd(item.result)
                         break
-                    if type(item) is str:
-                        text, pos = item, append(stream_id, item)
                     elif isinstance(item, str):
                         # Delivered as yielded: a Reasoning piece keeps its type (and kind).
                         kind = "reasoning" if isinstance(item, Reasoning) else "text"
@@ -167,7 +168,7 @@ class StreamHub:
                             await deliver(text, pos)
                         except OutboundClosed:
                             self._detach(run)
-                    if run.readers and run.lag() > self.max_lag:
+                    if readers and run.lag() > self.max_lag:
                         await self._wait_for_readers(run)
                     if loop.time() - slice_start > TIME_SLICE:
                         await asyncio.sleep(0)

@@ -140,17 +140,19 @@ class MemoryStreamLog:
 
     def append(self, stream_id: str, text: str, kind: str = "text") -> int:
         log = self._logs[stream_id]
-        pos = log.info.pieces
-        log.info.pieces += 1
-        log.texts.append(text)
-        if kind != "text" and log.kinds is None:
-            log.kinds = ["text"] * (len(log.texts) - 1)
-        if log.kinds is not None:
+        info = log.info
+        pos = info.pieces
+        info.pieces = pos + 1
+        texts = log.texts
+        texts.append(text)
+        if kind != "text" or log.kinds is not None:
+            if log.kinds is None:
+                log.kinds = ["text"] * (len(texts) - 1)
             log.kinds.append(kind)
         size = len(text)
         log.chars += size
         self._chars += size
-        if log.chars > self.max_chars or len(log.texts) > self.max_pieces:
+        if log.chars > self.max_chars or len(texts) > self.max_pieces:
             self._chars -= log.chars
             self._trim(log)
             self._chars += log.chars
@@ -184,6 +186,11 @@ class MemoryStreamLog:
         log.info.finish_reason = end.finish_reason
         self._done.append((time.monotonic() + self.done_ttl, stream_id))
         log.wake()
+
+    def pieces(self, stream_id: str) -> int:
+        """Pieces logged so far (the next position); 0 once the log is gone."""
+        log = self._logs.get(stream_id)
+        return 0 if log is None else log.info.pieces
 
     def since(self, stream_id: str, pos: int) -> tuple[int, int, list[str], list[str] | None]:
         """``(first kept, start, texts, kinds)``: the pieces from position ``pos`` on, or from

@@ -69,7 +69,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -185,7 +185,7 @@ _INTERRUPTED = orjson.dumps({"r": {"finishReason": "interrupted"}})
 class _Ours:
     """One of our running streams: its keys and header, computed once."""
 
-    __slots__ = ("append", "header", "keys", "live")
+    __slots__ = ("append", "header", "keys", "live", "written")
 
     def __init__(self, keys: list[str], live: str, header: list[str], append: bytes) -> None:
         self.keys = keys
@@ -194,6 +194,8 @@ class _Ours:
         """[user, method, created, owner]: to write a lost info again."""
         self.append = append
         """The start of its append script call, packed: four arguments follow per call."""
+        self.written = 0
+        """The first position Redis does not have yet (its pieces wait in the local log)."""
 
 
 _Queued = tuple[list[bytes], "asyncio.Future[None]", str]
@@ -225,11 +227,11 @@ class RedisStreamLog:
         self._local = MemoryStreamLog(
             max_pieces=max_pieces, max_chars=max_chars, done_ttl=done_ttl, compact=False
         )
+        self.append = self._local.append
+        """Pieces go to our own log only: the flush, running while we have streams, finds
+        what Redis lacks there (no call of ours per piece)."""
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
-        self._pending: dict[str, int] = {}
-        """Our streams with pieces not yet written to Redis -> the first such position (the
-        pieces themselves are read from the local log when a flush packs them)."""
         self._ahead: list[_Queued] = []
         """Creates, sent with the next flush before its appends; each future says when
         written."""
@@ -245,6 +247,7 @@ class RedisStreamLog:
         self._pieces_at = 0.0
         """Loop time of the last write of every stream's pending pieces."""
         self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
         self._stop = asyncio.Event()
         self._on_cancel: Callable[[str], object] = lambda _: None
         self._create = link.script(_CREATE)
@@ -313,14 +316,7 @@ class RedisStreamLog:
             await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
             raise
         self._headers[info.stream_id] = ours
-
-    def append(self, stream_id: str, text: str, kind: str = "text") -> int:
-        pos = self._local.append(stream_id, text, kind)
-        if stream_id not in self._pending:
-            self._pending[stream_id] = pos
-            if self._flush_task is None:
-                self._kick()
-        return pos
+        self._kick()  # the flush runs while we have streams
 
     def _kick(self) -> None:
         if self._flush_task is None:
@@ -343,11 +339,11 @@ class RedisStreamLog:
     async def _flush(self) -> None:
         """Write the queued creates, pending pieces and ends, one write per round (in that
         order): creates and ends at once, with the pieces of the streams ending; every
-        stream's pieces at most every ``FLUSH_EVERY``. Pieces are retried while Redis is
-        away (ends: see :meth:`finish`)."""
+        stream's pieces at most every ``FLUSH_EVERY``. Runs while we have streams. Pieces
+        are retried while Redis is away (ends: see :meth:`finish`)."""
         loop = asyncio.get_running_loop()
         try:
-            while self._pending or self._ahead or self._after:
+            while self._ahead or self._after or (self._headers and not self._closed()):
                 if not (self._ahead or self._after):
                     wait = self._pieces_at + FLUSH_EVERY - loop.time()
                     if wait > 0:
@@ -359,13 +355,12 @@ class RedisStreamLog:
                 after, self._after = self._after, []
                 now = loop.time()
                 if now >= self._pieces_at + FLUSH_EVERY:
-                    batch, self._pending = self._pending, {}
+                    streams: Any = self._headers
                     self._pieces_at = now
                 else:  # only the pieces an end must follow
-                    pending = self._pending
-                    batch = {q[2]: pending.pop(q[2]) for q in after if q[2] in pending}
+                    streams = [q[2] for q in after]
                 commands: list[Any] = [c for queued, _, _ in ahead for c in queued]
-                commands += self._appends(batch)
+                packed = self._appends(streams, commands)
                 commands += [c for queued, _, _ in after for c in queued]
                 try:
                     await self._link.send_many(commands)
@@ -375,30 +370,40 @@ class RedisStreamLog:
                             done.set_exception(exc)
                     if not isinstance(exc, StoreUnavailable):
                         log.exception("stream log write failed")
+                        _advance(packed)  # not retried: it would fail again
                         continue
                     # Written again from the oldest unwritten position (while Redis is
                     # away the local log's trimming bounds what waits).
-                    for stream_id, newer in self._pending.items():
-                        batch.setdefault(stream_id, newer)
-                    self._pending = batch
                     await asyncio.sleep(0.5)
                 else:
+                    _advance(packed)
                     for _, done, _ in ahead + after:
                         if not done.done():
                             done.set_result(None)
         finally:
             self._flush_task = None
 
-    def _appends(self, batch: dict[str, int]) -> list[bytes]:
-        commands = []
+    def _closed(self) -> bool:
+        """Closing, and Redis has every piece: nothing left for the flush."""
+        if not self._closing:
+            return False
+        pieces = self._local.pieces
+        return all(pieces(sid) <= ours.written for sid, ours in self._headers.items())
+
+    def _appends(self, streams: Iterable[str], commands: list[bytes]) -> list[tuple[_Ours, int]]:
+        """Add to ``commands`` an append of each of ``streams`` with pieces Redis lacks;
+        return each such stream with the position it will have written up to."""
+        packed = []
         headers = self._headers
-        for stream_id, pos in batch.items():
+        pieces = self._local.pieces
+        for stream_id in streams:
             ours = headers.get(stream_id)
-            if ours is None:
-                continue  # ended, and written
+            if ours is None or pieces(stream_id) <= ours.written:
+                continue  # ended and written, or nothing new
             # The local log's trimming (max_pieces, max_chars) applies: pieces it dropped are
             # neither logged nor published.
-            kept, first, texts, kinds = self._local.since(stream_id, pos)
+            kept, first, texts, kinds = self._local.since(stream_id, ours.written)
+            packed.append((ours, first + len(texts)))
             if not texts:
                 continue  # all trimmed (TTLs come with a stream's first pieces)
             message = orjson.dumps([first, texts, kinds])
@@ -410,7 +415,7 @@ class RedisStreamLog:
                 len(oldest), oldest, len(start), start, len(count), count, len(message), message
             )  # fmt: skip
             commands.append(ours.append + tail)
-        return commands
+        return packed
 
     async def finish(self, stream_id: str, end: StreamEnd) -> None:
         await self._local.finish(stream_id, end)
@@ -653,6 +658,9 @@ class RedisStreamLog:
                     await self._stop.wait()
 
     async def aclose(self) -> None:
+        self._closing = True
+        self._pieces_at = -FLUSH_EVERY  # every stream's pieces at once
+        self._urgent.set()
         if self._flush_task is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._link.timeout * 3):
@@ -669,7 +677,17 @@ class RedisStreamLog:
             self._heartbeat = None
             with contextlib.suppress(Exception):
                 await self._link.client.delete(self._node_key(self.owner, "alive"))
+        if self._flush_task is not None:
+            # Still running: streams whose end Redis never got (it stayed away).
+            self._flush_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._flush_task
         await self._live.aclose()
+
+
+def _advance(packed: list[tuple[_Ours, int]]) -> None:
+    for ours, upto in packed:
+        ours.written = upto
 
 
 def _raise_if_cancelling() -> None:
