@@ -28,11 +28,12 @@ stream), and the call's constant start is packed once per stream: redis-py packs
 arguments in Python, so few and pre-packed ones are what keep this cheap. The script
 skips a batch Redis already has and stores one that overlaps it whole, under the id
 of its first new position (readers skip positions they hold), so a retried flush (a
-reply lost to a fault) gives nobody a piece twice. A stream's create rides the same
-write, before its first pieces, and its end a later one, after its last. While Redis
-is unreachable the pieces wait in the local log (bounded by its ``max_pieces`` and
-``max_chars``: a resume before what it dropped is a gap) and go out when it is back;
-the producing connection is never held up by Redis.
+reply lost to a fault) gives nobody a piece twice. A stream's create is written at
+once, before its first pieces (one connection keeps the order), and its end at once
+too, in one write after its last pieces. While Redis is unreachable the pieces wait
+in the local log (bounded by its ``max_pieces`` and ``max_chars``: a resume before
+what it dropped is a gap) and go out when it is back; the producing connection is
+never held up by Redis.
 
 **Following** (another process): subscribe to ``live`` first, then read the log from
 the last position sent (``XREVRANGE`` for the entry holding the next position,
@@ -198,11 +199,6 @@ class _Ours:
         """The first position Redis does not have yet (its pieces wait in the local log)."""
 
 
-_Queued = tuple[list[bytes], "asyncio.Future[None]", str]
-"""Commands of one stream to write with the next flush, the future told once they are,
-and the stream's id."""
-
-
 class RedisStreamLog:
     """:class:`~gateway.streams.protocol.StreamLog` shared by every process on one Redis."""
 
@@ -232,20 +228,11 @@ class RedisStreamLog:
         what Redis lacks there (no call of ours per piece)."""
         self.owner = f"{node_id()}:{secrets.token_hex(4)}"
         """This process start's name in Redis (a restarted worker never inherits it)."""
-        self._ahead: list[_Queued] = []
-        """Creates, sent with the next flush before its appends; each future says when
-        written."""
-        self._after: list[_Queued] = []
-        """Ends, sent with the next flush after its appends; each future says when written."""
         self._headers: dict[str, _Ours] = {}
         """Our running streams."""
         self._unfinished: dict[str, StreamEnd] = {}
         """Ends not written yet (Redis was away): the heartbeat retries them."""
         self._flush_task: asyncio.Task[None] | None = None
-        self._urgent = asyncio.Event()
-        """A create or an end is queued: the flush does not wait for more pieces."""
-        self._pieces_at = 0.0
-        """Loop time of the last write of every stream's pending pieces."""
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         self._stop = asyncio.Event()
@@ -309,86 +296,38 @@ class RedisStreamLog:
             resp("EXPIRE", user_key, int(self.running_ttl + self.done_ttl)),
         ]
         try:
-            # With the next flush: in one write with other streams' pieces. No timer of
-            # its own: the connection fails what is unanswered after ``redis_timeout``.
-            await self._queue(self._ahead, commands, info.stream_id)
+            # In one write with whatever else this tick sends, before the stream's first
+            # pieces (one connection keeps the order). No timer of its own: the connection
+            # fails what is unanswered after ``redis_timeout``.
+            await self._link.send_many(commands)
         except BaseException:
             await self._local.finish(info.stream_id, StreamEnd({"finishReason": "cancelled"}))
             raise
         self._headers[info.stream_id] = ours
-        self._kick()  # the flush runs while we have streams
-
-    def _kick(self) -> None:
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
-    def _queue(
-        self, queue: list[_Queued], commands: list[bytes], stream_id: str
-    ) -> asyncio.Future[None]:
-        """Send ``commands`` (of ``stream_id``) with the next flush; the future is done once
-        they are written."""
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Read by the caller; if the caller was cancelled meanwhile (the flush still sends
-        # the commands), read here: never left unread.
-        written.add_done_callback(lambda f: f.cancelled() or f.exception())
-        queue.append((commands, written, stream_id))
-        self._urgent.set()
-        self._kick()
-        return written
-
     async def _flush(self) -> None:
-        """Write the queued creates, pending pieces and ends, one write per round (in that
-        order): creates and ends at once, with the pieces of the streams ending; every
-        stream's pieces at most every ``FLUSH_EVERY``. Runs while we have streams. Pieces
-        are retried while Redis is away (ends: see :meth:`finish`)."""
-        loop = asyncio.get_running_loop()
+        """Write every stream's new pieces every ``FLUSH_EVERY``, in one write, while we
+        have streams (a stream's last pieces go with its end: :meth:`finish`). What a write
+        that failed held goes again with the next one: the written positions did not move
+        (while Redis is away the local log's trimming bounds what waits)."""
         try:
-            while self._ahead or self._after or (self._headers and not self._closed()):
-                if not (self._ahead or self._after):
-                    wait = self._pieces_at + FLUSH_EVERY - loop.time()
-                    if wait > 0:
-                        self._urgent.clear()
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(wait):
-                                await self._urgent.wait()
-                ahead, self._ahead = self._ahead, []
-                after, self._after = self._after, []
-                now = loop.time()
-                if now >= self._pieces_at + FLUSH_EVERY:
-                    streams: Any = self._headers
-                    self._pieces_at = now
-                else:  # only the pieces an end must follow
-                    streams = [q[2] for q in after]
-                commands: list[Any] = [c for queued, _, _ in ahead for c in queued]
-                packed = self._appends(streams, commands)
-                commands += [c for queued, _, _ in after for c in queued]
+            while self._headers and not self._closing:
+                await asyncio.sleep(FLUSH_EVERY)
+                commands: list[bytes] = []
+                packed = self._appends(self._headers, commands)
                 try:
                     await self._link.send_many(commands)
-                except Exception as exc:
-                    for _, done, _ in ahead + after:
-                        if not done.done():
-                            done.set_exception(exc)
-                    if not isinstance(exc, StoreUnavailable):
-                        log.exception("stream log write failed")
-                        _advance(packed)  # not retried: it would fail again
-                        continue
-                    # Written again from the oldest unwritten position (while Redis is
-                    # away the local log's trimming bounds what waits).
+                except StoreUnavailable:
                     await asyncio.sleep(0.5)
+                except Exception:
+                    log.exception("stream log write failed")
+                    _advance(packed)  # not retried: it would fail again
                 else:
                     _advance(packed)
-                    for _, done, _ in ahead + after:
-                        if not done.done():
-                            done.set_result(None)
         finally:
             self._flush_task = None
-
-    def _closed(self) -> bool:
-        """Closing, and Redis has every piece: nothing left for the flush."""
-        if not self._closing:
-            return False
-        pieces = self._local.pieces
-        return all(pieces(sid) <= ours.written for sid, ours in self._headers.items())
 
     def _appends(self, streams: Iterable[str], commands: list[bytes]) -> list[tuple[_Ours, int]]:
         """Add to ``commands`` an append of each of ``streams`` with pieces Redis lacks;
@@ -421,20 +360,23 @@ class RedisStreamLog:
         await self._local.finish(stream_id, end)
         if stream_id not in self._headers:
             return
-        # With the next flush, after the stream's last pieces (no round trip of its own).
-        written = self._queue(self._after, [await self._end_command(stream_id, end)], stream_id)
         try:
             # Bounded: the connection fails what is unanswered after ``redis_timeout``.
-            await asyncio.shield(written)
+            await asyncio.shield(self._write_end(stream_id, end))
         except StoreUnavailable:
             self._unfinished[stream_id] = end  # the heartbeat writes it once Redis is back
             log.warning("stream %s: end not written to Redis yet; retrying", stream_id)
-        else:
-            self._written(stream_id)
 
-    def _written(self, stream_id: str) -> None:
-        """The whole stream, end included, is in Redis: drop our own copy (readers here read
-        Redis from now on; one already reading the copy ends from it)."""
+    async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
+        """Write the stream's pieces Redis lacks, then its end (one write, no waiting for
+        the next flush); then drop our own copy (readers here read Redis from now on; one
+        already reading the copy ends from it)."""
+        commands: list[bytes] = []
+        packed = self._appends([stream_id], commands)
+        commands.append(await self._end_command(stream_id, end))
+        await self._link.send_many(commands)
+        _advance(packed)
+        self._unfinished.pop(stream_id, None)
         self._headers.pop(stream_id, None)
         self._local.forget(stream_id)
 
@@ -447,14 +389,6 @@ class RedisStreamLog:
         args: list[bytes | str | int] = [ours.live, int(self.done_ttl * 1000), encoded]
         args += [repr(time.time()), reason, *ours.header, pieces]
         return self._finish.command(ours.keys, args)
-
-    async def _write_end(self, stream_id: str, end: StreamEnd) -> None:
-        """Write an end :meth:`finish` could not (Redis was away), after the stream's pieces."""
-        # Queued as finish queues it: written after the stream's pending pieces, in one
-        # write, without waiting for every other stream's pieces to be out.
-        await self._queue(self._after, [await self._end_command(stream_id, end)], stream_id)
-        self._unfinished.pop(stream_id, None)
-        self._written(stream_id)
 
     # Reader
 
@@ -659,12 +593,16 @@ class RedisStreamLog:
 
     async def aclose(self) -> None:
         self._closing = True
-        self._pieces_at = -FLUSH_EVERY  # every stream's pieces at once
-        self._urgent.set()
         if self._flush_task is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self._link.timeout * 3):
-                    await asyncio.shield(self._flush_task)
+            self._flush_task.cancel()  # the last pieces go now, below
+            with contextlib.suppress(BaseException):
+                await self._flush_task
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._link.timeout * 3):
+                commands: list[bytes] = []
+                packed = self._appends(self._headers, commands)
+                await self._link.send_many(commands)
+                _advance(packed)
         for stream_id, end in list(self._unfinished.items()):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._link.timeout):
@@ -677,11 +615,6 @@ class RedisStreamLog:
             self._heartbeat = None
             with contextlib.suppress(Exception):
                 await self._link.client.delete(self._node_key(self.owner, "alive"))
-        if self._flush_task is not None:
-            # Still running: streams whose end Redis never got (it stayed away).
-            self._flush_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._flush_task
         await self._live.aclose()
 
 
