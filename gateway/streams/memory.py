@@ -187,11 +187,6 @@ class MemoryStreamLog:
         self._done.append((time.monotonic() + self.done_ttl, stream_id))
         log.wake()
 
-    def pieces(self, stream_id: str) -> int:
-        """Pieces logged so far (the next position); 0 once the log is gone."""
-        log = self._logs.get(stream_id)
-        return 0 if log is None else log.info.pieces
-
     def since(self, stream_id: str, pos: int) -> tuple[int, int, list[str], list[str] | None]:
         """``(first kept, start, texts, kinds)``: the pieces from position ``pos`` on, or from
         the oldest still kept (``start``) if the log was trimmed past ``pos``; ``kinds`` is

@@ -316,7 +316,7 @@ class RedisStreamLog:
             while self._headers and not self._closing:
                 await asyncio.sleep(FLUSH_EVERY)
                 commands: list[bytes] = []
-                packed = self._appends(self._headers, commands)
+                packed = self._appends(self._headers.items(), commands)
                 try:
                     await self._link.send_many(commands)
                 except StoreUnavailable:
@@ -329,22 +329,20 @@ class RedisStreamLog:
         finally:
             self._flush_task = None
 
-    def _appends(self, streams: Iterable[str], commands: list[bytes]) -> list[tuple[_Ours, int]]:
+    def _appends(
+        self, streams: Iterable[tuple[str, _Ours]], commands: list[bytes]
+    ) -> list[tuple[_Ours, int]]:
         """Add to ``commands`` an append of each of ``streams`` with pieces Redis lacks;
         return each such stream with the position it will have written up to."""
         packed = []
-        headers = self._headers
-        pieces = self._local.pieces
-        for stream_id in streams:
-            ours = headers.get(stream_id)
-            if ours is None or pieces(stream_id) <= ours.written:
-                continue  # ended and written, or nothing new
+        since = self._local.since
+        for stream_id, ours in streams:
             # The local log's trimming (max_pieces, max_chars) applies: pieces it dropped are
             # neither logged nor published.
-            kept, first, texts, kinds = self._local.since(stream_id, ours.written)
-            packed.append((ours, first + len(texts)))
+            kept, first, texts, kinds = since(stream_id, ours.written)
             if not texts:
-                continue  # all trimmed (TTLs come with a stream's first pieces)
+                continue  # nothing new
+            packed.append((ours, first + len(texts)))
             message = orjson.dumps([first, texts, kinds])
             oldest = b"%d-0" % (kept + 1) if kept else b""
             start, count = b"%d" % first, b"%d" % len(texts)
@@ -372,7 +370,7 @@ class RedisStreamLog:
         the next flush); then drop our own copy (readers here read Redis from now on; one
         already reading the copy ends from it)."""
         commands: list[bytes] = []
-        packed = self._appends([stream_id], commands)
+        packed = self._appends([(stream_id, self._headers[stream_id])], commands)
         commands.append(await self._end_command(stream_id, end))
         await self._link.send_many(commands)
         _advance(packed)
@@ -600,7 +598,7 @@ class RedisStreamLog:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._link.timeout * 3):
                 commands: list[bytes] = []
-                packed = self._appends(self._headers, commands)
+                packed = self._appends(self._headers.items(), commands)
                 await self._link.send_many(commands)
                 _advance(packed)
         for stream_id, end in list(self._unfinished.items()):
