@@ -15,7 +15,14 @@ import pytest
 from gateway.errors import StreamGap, StreamNotFound
 from gateway.sessions.redislink import RedisLink
 from gateway.streams.memory import MemoryStreamLog
-from gateway.streams.protocol import Piece, StreamEnd, StreamInfo, StreamLog, new_stream_id
+from gateway.streams.protocol import (
+    LIST_LIMIT,
+    Piece,
+    StreamEnd,
+    StreamInfo,
+    StreamLog,
+    new_stream_id,
+)
 from gateway.streams.redis import OUTAGE_WAIT, RedisStreamLog
 from tests.redis_support import TEST_REDIS_TIMEOUT, RedisServer, redis_server, redis_url
 
@@ -257,6 +264,17 @@ async def test_list_gives_only_the_users_own_streams_newest_first(make_log: Make
     assert rows[0]["state"] == "running" and rows[0]["lastSeq"] == -1
     assert rows[1]["state"] == "done" and rows[1]["finishReason"] == "cancelled"
     assert rows[1]["lastSeq"] == 0
+
+
+async def test_list_gives_at_most_the_newest_list_limit_streams(make_log: MakeLog) -> None:
+    """A user with more streams than LIST_LIMIT gets the newest LIST_LIMIT, newest first."""
+    log = make_log()
+    made = []
+    for _ in range(LIST_LIMIT + 2):
+        made.append(await new_stream(log))
+        await asyncio.sleep(0.002)  # creation times apart
+    rows = await log.list("alice")
+    assert [row.stream_id for row in rows] == made[::-1][:LIST_LIMIT]
 
 
 async def test_an_unknown_stream_is_not_found(make_log: MakeLog) -> None:

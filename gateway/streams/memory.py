@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import StreamGap, StreamNotFound
-from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
+from gateway.streams.protocol import LIST_LIMIT, Piece, StreamEnd, StreamInfo
 
 __all__ = ["MemoryStreamLog"]
 
@@ -239,7 +239,7 @@ class MemoryStreamLog:
     async def list(self, user_id: str) -> list[StreamInfo]:
         self._expire()
         rows = [self._logs[sid].info for sid in self._by_user.get(user_id, ())]
-        return sorted(rows, key=lambda info: info.created_at, reverse=True)
+        return sorted(rows, key=lambda info: info.created_at, reverse=True)[:LIST_LIMIT]
 
     async def request_cancel(self, stream_id: str) -> None:
         """Nothing to do: on one process the hub cancels its own producer directly."""

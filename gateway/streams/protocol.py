@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "LIST_LIMIT",
     "Piece",
     "StreamEnd",
     "StreamInfo",
@@ -37,6 +38,9 @@ __all__ = [
     "current_stream",
     "new_stream_id",
 ]
+
+LIST_LIMIT = 50
+"""Streams :meth:`StreamLog.list` (``stream.list``) gives at most: the newest."""
 
 State = Literal["running", "done"]
 """A stream is running until its end is logged, then done (until it expires)."""
@@ -148,7 +152,8 @@ class StreamLog(Protocol):
         ...
 
     async def list(self, user_id: str) -> list[StreamInfo]:
-        """The user's running and recently finished streams, newest first."""
+        """The user's running and recently finished streams, newest first (at most
+        ``LIST_LIMIT``)."""
         ...
 
     async def request_cancel(self, stream_id: str) -> None:

@@ -81,7 +81,7 @@ from gateway.sessions.redislink import RedisLink
 from gateway.sessions.redismux import resp
 from gateway.streams.live import LiveFeed, stop_task
 from gateway.streams.memory import MemoryStreamLog
-from gateway.streams.protocol import Piece, StreamEnd, StreamInfo
+from gateway.streams.protocol import LIST_LIMIT, Piece, StreamEnd, StreamInfo
 
 __all__ = ["RedisStreamLog"]
 
@@ -93,8 +93,6 @@ READ_BATCH = 1000
 """Log entries per ``XRANGE``."""
 OUTAGE_WAIT = 10.0
 """Seconds a follower rides out a Redis outage before its call fails with -32020."""
-LIST_LIMIT = 50
-"""Streams ``stream.list`` returns (the newest)."""
 FLUSH_EVERY = 0.02
 """Seconds a stream's pieces may wait for more before they go to Redis (a create or an
 end goes at once, with its stream's pieces): the script call per stream and write is most
