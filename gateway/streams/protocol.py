@@ -10,15 +10,14 @@ ends with a :class:`StreamEnd` (the call's final result, or its error).
 The memory implementation (:mod:`gateway.streams.memory`) keeps logs in the
 process. A Redis implementation slots in beside it with the same verbs: one
 Redis Stream per answer under a hash tag (``{st:<id>}``), one entry per written
-batch with id ``<position+1>-0`` of its first new piece so positions need no lookup
-table, the append and the live publish in one Lua script (live order equals log
-order), trimmed as the
-producer's own copy is, a TTL while running and ``done_ttl`` after the end,
-appends buffered and written every 20 ms at most (:meth:`StreamLog.append` is
-synchronous for that reason; a create or an end is written at once), and
-:meth:`StreamLog.request_cancel` setting a cancel flag plus publishing a
-control message to the owner (the flag is re-read by the owner's lease loop,
-so a lost pub/sub message loses no cancel).
+batch with id ``<position+1>-0`` of its first new piece so positions need no
+lookup table, the append and the live publish in one Lua script (live order
+equals log order), trimmed as the producer's own copy is, a TTL while running
+and ``done_ttl`` after the end, appends buffered and written every 20 ms at most
+(:meth:`StreamLog.append` is synchronous for that reason; a create or an end is
+written at once), and :meth:`StreamLog.request_cancel` setting a cancel flag
+plus publishing a control message to the owner (the flag is re-read by the
+owner's lease loop, so a lost pub/sub message loses no cancel).
 """
 
 from __future__ import annotations
