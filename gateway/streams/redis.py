@@ -313,19 +313,28 @@ class RedisStreamLog:
         try:
             while self._headers and not self._closing:
                 await asyncio.sleep(FLUSH_EVERY)
-                commands: list[bytes] = []
-                packed = self._appends(self._headers.items(), commands)
                 try:
-                    await self._link.send_many(commands)
+                    await self._write_pieces()
                 except StoreUnavailable:
                     await asyncio.sleep(0.5)
                 except Exception:
                     log.exception("stream log write failed")
-                    _advance(packed)  # not retried: it would fail again
-                else:
-                    _advance(packed)
         finally:
             self._flush_task = None
+
+    async def _write_pieces(self) -> None:
+        """Write every stream's pieces Redis lacks, in one write. Without Redis the written
+        positions stay where they were, so the next write carries the pieces again."""
+        commands: list[bytes] = []
+        packed = self._appends(self._headers.items(), commands)
+        try:
+            await self._link.send_many(commands)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            _advance(packed)  # not retried: it would fail again
+            raise
+        _advance(packed)
 
     def _appends(
         self, streams: Iterable[tuple[str, _Ours]], commands: list[bytes]
@@ -595,10 +604,7 @@ class RedisStreamLog:
                 await self._flush_task
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._link.timeout * 3):
-                commands: list[bytes] = []
-                packed = self._appends(self._headers.items(), commands)
-                await self._link.send_many(commands)
-                _advance(packed)
+                await self._write_pieces()
         for stream_id, end in list(self._unfinished.items()):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._link.timeout):
