@@ -309,8 +309,12 @@ els.toggle.addEventListener("click", () => {
   else openDrawer();
 });
 els.backdrop.addEventListener("click", closeDrawer);
-els.sidebar.addEventListener("keydown", (ev) => {
-  if (ev.key === "Escape" && els.sidebar.classList.contains("open")) {
+// Esc closes the open drawer wherever the focus is: the list re-renders
+// after a refresh, and a focused item it replaces leaves the focus on the
+// body, outside the drawer. Handlers that use Esc themselves (clearing the
+// search, cancelling a rename) mark the event handled first.
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && !ev.defaultPrevented && els.sidebar.classList.contains("open")) {
     closeDrawer();
     els.toggle.focus();
   }
